@@ -1,0 +1,62 @@
+# segcourse: the two commands a person needs are `make lab` and `make test`.
+# Everything else is a thin wrapper around the `segcourse` command line.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The exact PyTorch builds this machine and CI use (the code also supports torch 2.11 /
+# torchvision 0.26, what the GPU machine has).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+
+.PHONY: setup lab test test-fast lint format release grade references bench doctor clean
+
+# `make setup` is idempotent: the stamp file is newer than pyproject.toml after a successful
+# install, so a second run does nothing.
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/jupyter labextension list 2>&1 | grep -q nbgrader || true
+	touch $(STAMP)
+
+lab: setup
+	$(BIN)/segcourse doctor || true
+	$(BIN)/jupyter lab --notebook-dir=.
+
+test: setup
+	$(BIN)/python -m ruff check segcourse tests autograder/nbgrader_config.py
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests
+
+lint: setup
+	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
+
+format: setup
+	$(BIN)/python -m ruff format segcourse tests
+
+release: setup
+	$(BIN)/segcourse release
+
+# make grade SUBMITTED=path/to/submitted [JOBS=4]
+SUBMITTED ?= autograder/submitted
+grade: setup
+	$(BIN)/segcourse grade $(SUBMITTED) --jobs $(JOBS) --out grades.csv
+
+references: setup
+	$(BIN)/segcourse references
+
+bench: setup
+	$(BIN)/segcourse bench
+
+doctor: setup
+	$(BIN)/segcourse doctor
+
+clean:
+	rm -rf autograder/release autograder/autograded autograder/feedback autograder/gradebook.db
