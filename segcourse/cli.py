@@ -1,0 +1,87 @@
+"""The ``segcourse`` command line (COURSE.md section 7)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _doctor(args) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor()
+
+
+def _release(args) -> int:
+    from .autograde import release
+
+    for notebook in release(args.assignments or None):
+        print(f"released {notebook}")
+    return 0
+
+
+def _grade(args) -> int:
+    from .autograde import format_table, grade, write_csv
+
+    rows = grade(args.submitted, jobs=args.jobs, timeout=args.timeout)
+    print(format_table(rows))
+    if args.out:
+        write_csv(rows, args.out)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _references(args) -> int:
+    from .references import find_notebooks, record_references
+
+    for notebook in find_notebooks(args.assignments or None):
+        record_references(notebook, device=args.device)
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args.notebooks or None, budget=args.budget)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segcourse", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    doctor = commands.add_parser("doctor", help="environment report; non-zero if something is missing")
+    doctor.set_defaults(run=_doctor)
+
+    release = commands.add_parser("release", help="student versions into autograder/release/")
+    release.add_argument("assignments", nargs="*", metavar="ASSIGNMENT")
+    release.set_defaults(run=_release)
+
+    grade = commands.add_parser("grade", help="autograde SUBMITTED_DIR/STUDENT/ASSIGNMENT/*.ipynb")
+    grade.add_argument("submitted", metavar="SUBMITTED_DIR")
+    grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
+    grade.add_argument("--out", help="write a CSV (student, assignment, score, max_score, status)")
+    grade.add_argument("--timeout", type=int, default=None,
+                       help="seconds per cell before it is interrupted (default 600)")
+    grade.set_defaults(run=_grade)
+
+    references = commands.add_parser("references", help="record reference runs")
+    references.add_argument("--device", choices=["cuda", "cpu"], default=None)
+    references.add_argument("assignments", nargs="*", metavar="ASSIGNMENT")
+    references.set_defaults(run=_references)
+
+    bench = commands.add_parser("bench", help="time every notebook on this machine")
+    bench.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
+    bench.add_argument("--budget", type=float, default=180.0, help="seconds allowed per notebook")
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

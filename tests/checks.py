@@ -1,0 +1,67 @@
+"""Run a notebook's test cells against any implementation, without nbgrader.
+
+Used to show that independent correct implementations earn every point and that common
+mistakes lose some: the test cells (hidden tests included) are executed in a namespace made by
+the notebook's setup cell, with the function under test bound to the implementation given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from segcourse.grading import CheckFailed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def notebook_cells(name: str) -> list[dict]:
+    path = REPO / "notebooks" / name / f"{name}.ipynb"
+    return json.loads(path.read_text())["cells"]
+
+
+def _source(cell: dict) -> str:
+    source = cell["source"]
+    return "".join(source) if isinstance(source, list) else source
+
+
+def setup_namespace(name: str) -> dict:
+    """Execute the notebook's first code cell (its setup cell) and return the namespace."""
+    setup = next(c for c in notebook_cells(name) if c["cell_type"] == "code")
+    namespace: dict = {}
+    code = "\n".join(line for line in _source(setup).splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+    exec(compile(code, f"{name}:setup", "exec"), namespace)
+    return namespace
+
+
+def test_cells(name: str, function: str) -> dict[str, str]:
+    """grade_id -> source of the graded test cells that exercise ``function``."""
+    cells = {}
+    for cell in notebook_cells(name):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution") and cell["cell_type"] == "code":
+            source = _source(cell)
+            if f"{function}" in source and meta["grade_id"].endswith(function):
+                cells[meta["grade_id"]] = source
+    return cells
+
+
+def run_test_cells(name: str, function: str, implementation, extra: dict | None = None) -> dict:
+    """Run every test cell of ``function`` with ``implementation``.
+
+    Returns ``{grade_id: None if passed, else the failure message}``.
+    """
+    cells = test_cells(name, function)
+    assert cells, f"no test cells found for {function} in {name}"
+    outcome = {}
+    for grade_id, source in cells.items():
+        namespace = setup_namespace(name)
+        namespace.update(extra or {})
+        namespace[function] = implementation
+        try:
+            exec(compile(source, f"{name}:{grade_id}", "exec"), namespace)
+            outcome[grade_id] = None
+        except (CheckFailed, AssertionError, Exception) as error:
+            outcome[grade_id] = f"{type(error).__name__}: {error}"
+    return outcome
