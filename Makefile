@@ -21,16 +21,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/jupyter labextension list 2>&1 | grep -q nbgrader || true
 	touch $(STAMP)
 
 lab: setup
 	$(BIN)/segcourse doctor || true
 	$(BIN)/jupyter lab --notebook-dir=.
 
+# Units and end-to-end tests in parallel (tests sharing an expensive fixture share a worker),
+# then every notebook with nbval (all cells of one notebook stay on one worker).
 test: setup
-	$(BIN)/python -m ruff check segcourse tests autograder/nbgrader_config.py
+	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax notebooks
 
 test-fast: setup
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests

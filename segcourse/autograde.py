@@ -23,11 +23,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .grading import MANIFEST, load_manifest
-from .references import REPO, check_ids_in_notebook, find_notebooks
+from .references import check_ids_in_notebook, course_dir, find_notebooks
 
 __all__ = ["release", "grade", "GradeRow", "write_csv", "format_table"]
 
-COURSE = REPO / "autograder"
 MAX_CRASH_RETRIES = 5
 MAX_BUSY_RETRIES = 8
 
@@ -35,7 +34,7 @@ MAX_BUSY_RETRIES = 8
 def _nbgrader(*args: str, env: dict | None = None, check: bool = True):
     """Run an nbgrader command in the course folder; returns the CompletedProcess."""
     done = subprocess.run(
-        [sys.executable, "-m", "nbgrader", *args], cwd=COURSE, env=env or os.environ.copy(),
+        [sys.executable, "-m", "nbgrader", *args], cwd=course_dir(), env=env or os.environ.copy(),
         capture_output=True, text=True,
     )
     if check and done.returncode != 0:
@@ -56,7 +55,7 @@ def release(assignments: list[str] | None = None) -> list[Path]:
     for source in tqdm(find_notebooks(assignments), desc="release", unit="notebook"):
         name = source.stem
         _nbgrader("generate_assignment", name, "--force")
-        notebook = COURSE / "release" / name / f"{name}.ipynb"
+        notebook = course_dir() / "release" / name / f"{name}.ipynb"
         _copy_visible_references(notebook)
         released.append(notebook)
     return released
@@ -68,7 +67,7 @@ def _copy_visible_references(notebook: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     if not visible:
         return
-    source = COURSE / "references"
+    source = course_dir() / "references"
     entries = [e for e in load_manifest(source)["references"] if e["check"] in visible]
     for entry in entries:
         (target / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +113,7 @@ def _ensure_in_gradebook(assignments: set[str]) -> None:
 
 
 def _db_url() -> str:
-    return os.environ.get("SEGCOURSE_GRADEBOOK_URL", f"sqlite:///{COURSE / 'gradebook.db'}")
+    return os.environ.get("SEGCOURSE_GRADEBOOK_URL", f"sqlite:///{course_dir() / 'gradebook.db'}")
 
 
 def _autograde_one(student: str, assignment: str, submitted: Path, timeout: int | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import platform
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def _lab_extensions() -> list[Finding]:
     try:
         listing = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"],
                                  capture_output=True, text=True, timeout=60)
-        text = listing.stdout + listing.stderr
+        text = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)  # no colours
     except Exception as error:
         text = f"jupyter labextension list failed: {error}"
     findings = []
@@ -104,10 +105,10 @@ def _data() -> list[Finding]:
 
 def _course() -> list[Finding]:
     from .grading import load_manifest
-    from .references import REPO, find_notebooks
+    from .references import course_dir, find_notebooks
 
     notebooks = find_notebooks()
-    references = load_manifest(REPO / "autograder" / "references")["references"]
+    references = load_manifest(course_dir() / "references")["references"]
     devices = sorted({entry["device"] for entry in references})
     return [
         Finding("course", "notebooks", bool(notebooks), f"{len(notebooks)} in notebooks/",

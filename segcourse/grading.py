@@ -135,8 +135,10 @@ def seeded(factory: Callable[..., Any], *args, seed: int = 0, **kwargs) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _repo_references() -> Path:
-    return Path(__file__).resolve().parent.parent / "autograder" / "references"
+def _course_references() -> Path:
+    from .references import course_dir
+
+    return course_dir() / "references"
 
 
 def references_dir() -> Path:
@@ -144,14 +146,14 @@ def references_dir() -> Path:
 
     In order: ``$SEGCOURSE_REFERENCES``; a ``references/`` folder next to the notebook (what
     ``segcourse release`` puts in a student release: visible checks only); the course
-    repository's ``autograder/references``.
+    course's ``autograder/references`` (``$SEGCOURSE_COURSE_DIR/references``).
     """
     if os.environ.get("SEGCOURSE_REFERENCES"):
         return Path(os.environ["SEGCOURSE_REFERENCES"])
     local = Path.cwd() / "references"
     if (local / MANIFEST).exists():
         return local
-    return _repo_references()
+    return _course_references()
 
 
 def parse_check_id(check_id: str) -> tuple[str, str]:
@@ -325,7 +327,7 @@ def compare(got: Any, expected: Any, mode: str = "close", tol: Tolerance | None 
     if isinstance(expected, list):
         if not isinstance(got, list) or len(got) != len(expected):
             return f"{where}: expected a sequence of {len(expected)} items, got {_kind(got)}"
-        for i, (g, e) in enumerate(zip(got, expected)):
+        for i, (g, e) in enumerate(zip(got, expected, strict=False)):
             problem = compare(g, e, mode, tol, f"{where}[{i}]")
             if problem:
                 return problem
@@ -508,7 +510,7 @@ def verify(check_id: str, outputs: list, inputs_sha256: str, grading_device: str
     expected = reference["outputs"]
     if not isinstance(outputs, list) or len(outputs) != len(expected):
         return "outputs: wrong number of cases", tol
-    for i, (got, want) in enumerate(zip(outputs, expected)):
+    for i, (got, want) in enumerate(zip(outputs, expected, strict=False)):
         problem = compare(got, want, reference["mode"], tol)
         if problem:
             return f"case {i + 1} of {len(expected)}: {problem}", tol

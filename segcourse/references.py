@@ -17,16 +17,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["notebook_code", "record_references", "find_notebooks", "check_ids_in_notebook"]
+__all__ = ["course_dir", "notebook_code", "record_references", "find_notebooks", "check_ids_in_notebook"]
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
 SKIP_TAG = "skip-reference"
+
+
+def course_dir() -> Path:
+    """The nbgrader course folder: ``$SEGCOURSE_COURSE_DIR`` or the repository's ``autograder/``.
+
+    Its parent holds ``notebooks/`` (nbgrader's source directory).
+    """
+    return Path(os.environ.get("SEGCOURSE_COURSE_DIR", REPO / "autograder")).resolve()
 
 
 def find_notebooks(names: list[str] | None = None) -> list[Path]:
     """Instructor notebooks ``notebooks/NN_slug/NN_slug.ipynb``, all or the named ones."""
-    found = sorted(NOTEBOOKS.glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
+    found = sorted((course_dir().parent / "notebooks").glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
     if not names:
         return found
     by_name = {path.stem: path for path in found}
@@ -85,7 +92,7 @@ def record_references(path: Path, device: str | None = None, out: Path | None = 
     """Run one notebook in record mode, in a subprocess whose cwd is the notebook's folder."""
     env = dict(os.environ, SEGCOURSE_GRADING_MODE="record", MPLBACKEND="Agg",
                PYTHONUNBUFFERED="1")
-    env["SEGCOURSE_REFERENCES"] = str(out or REPO / "autograder" / "references")
+    env["SEGCOURSE_REFERENCES"] = str(out or course_dir() / "references")
     env.pop("SEGCOURSE_RESULTS_DIR", None)
     if device:
         env["SEGCOURSE_DEVICE"] = device

@@ -1,0 +1,86 @@
+"""ScoreChecks re-verifies checks in the grader's process; stderr and execute_result are tamed."""
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+from nbgrader.utils import determine_grade
+
+from segcourse import grading
+from segcourse.preprocessors import ScoreChecks
+
+CASES = [dict(x=grading.randn(1, 2, 3, 3, seed=1), weight=grading.randn(2, 2, 3, 3, seed=2))]
+SOURCE = 'grading.check("04_transposed_conv.pp", conv, cases=CASES)'
+
+
+def conv(x, weight):
+    return F.conv_transpose2d(x, weight)
+
+
+@pytest.fixture
+def refs(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGCOURSE_REFERENCES", str(tmp_path / "refs"))
+    monkeypatch.setenv("SEGCOURSE_GRADING_MODE", "record")
+    grading.check("04_transposed_conv.pp", conv, cases=CASES)
+    monkeypatch.delenv("SEGCOURSE_GRADING_MODE")
+    return tmp_path / "refs"
+
+
+def graded_cell(outputs=()):
+    cell = nbformat.v4.new_code_cell(SOURCE)
+    cell.metadata["nbgrader"] = {"grade": True, "solution": False, "locked": True, "points": 2,
+                                 "grade_id": "test_conv", "schema_version": 3}
+    cell.outputs = [nbformat.NotebookNode(o) for o in outputs]
+    return cell
+
+
+def score(cell, results_dir):
+    notebook = nbformat.v4.new_notebook(cells=[cell])
+    notebook, _ = ScoreChecks().preprocess(notebook, {"segcourse_results_dir": str(results_dir)})
+    return determine_grade(notebook.cells[0])[0]
+
+
+def save_results(results_dir, outputs):
+    results_dir.mkdir(exist_ok=True)
+    torch.save({"check": "04_transposed_conv.pp", "inputs_sha256": grading._fingerprint(CASES),
+                "device": "cpu", "outputs": outputs},
+               results_dir / "04_transposed_conv.pp.pt")
+
+
+def test_correct_saved_outputs_earn_the_points(refs, tmp_path):
+    save_results(tmp_path / "res", [conv(**CASES[0])])
+    assert score(graded_cell(), tmp_path / "res") == 2
+
+
+def test_wrong_outputs_fail_even_if_the_kernel_said_nothing(refs, tmp_path):
+    """A kernel where every assertion was patched away prints no error; the grader still fails it."""
+    save_results(tmp_path / "res", [torch.zeros(1, 2, 5, 5)])
+    cell = graded_cell()
+    assert score(cell, tmp_path / "res") == 0
+    assert "CheckFailed" in cell.outputs[-1]["ename"]
+
+
+def test_a_check_that_saved_nothing_fails(refs, tmp_path):
+    assert score(graded_cell(), tmp_path / "nothing-here") == 0
+
+
+def test_stderr_warnings_do_not_zero_a_test(refs, tmp_path):
+    save_results(tmp_path / "res", [conv(**CASES[0])])
+    warning = {"output_type": "stream", "name": "stderr", "text": "UserWarning: something\n"}
+    cell = graded_cell([warning])
+    assert score(cell, tmp_path / "res") == 2
+    assert cell.outputs[0]["name"] == "stdout"
+
+
+def test_execute_result_cannot_claim_partial_credit(refs, tmp_path):
+    """nbgrader reads a numeric execute_result as partial credit: ScoreChecks removes it."""
+    result = {"output_type": "execute_result", "execution_count": 1, "metadata": {},
+              "data": {"text/plain": "1000"}}
+    cell = graded_cell([result])
+    assert score(cell, tmp_path / "nothing-here") == 0
+
+
+def test_errors_from_the_kernel_stay_errors(refs, tmp_path):
+    save_results(tmp_path / "res", [conv(**CASES[0])])
+    error = {"output_type": "error", "ename": "AssertionError", "evalue": "x", "traceback": []}
+    assert score(graded_cell([error]), tmp_path / "res") == 0
