@@ -88,6 +88,21 @@ builtins.display = display
 """
 
 
+def _forget(notebook: str, root: Path) -> None:
+    """Drop a notebook's old references, so that renamed or removed checks leave no orphans."""
+    from .grading import MANIFEST, _locked, load_manifest
+
+    if not root.exists():
+        return
+    with _locked(root / ".manifest.lock"):
+        manifest = load_manifest(root)
+        manifest["references"] = [e for e in manifest["references"]
+                                   if not e["check"].startswith(notebook + ".")]
+        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        for old in (root / notebook).glob("*.pt"):
+            old.unlink()
+
+
 def record_references(path: Path, device: str | None = None, out: Path | None = None) -> None:
     """Run one notebook in record mode, in a subprocess whose cwd is the notebook's folder."""
     env = dict(os.environ, SEGCOURSE_GRADING_MODE="record", MPLBACKEND="Agg",
@@ -96,6 +111,7 @@ def record_references(path: Path, device: str | None = None, out: Path | None = 
     env.pop("SEGCOURSE_RESULTS_DIR", None)
     if device:
         env["SEGCOURSE_DEVICE"] = device
+    _forget(path.stem, Path(env["SEGCOURSE_REFERENCES"]))
     program = _PRELUDE + notebook_code(path)
     print(f"== {path.stem}: recording references on {device or 'the default device'}")
     done = subprocess.run([sys.executable, "-c", program], cwd=path.parent, env=env)
