@@ -13,12 +13,16 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor
 from nbgrader.preprocessors import (
     AssignLatePenalties,
     CheckCellMetadata,
+    ClearOutput,
+    DeduplicateIds,
     IgnorePattern,
     LimitOutput,
+    OverwriteCells,
+    OverwriteKernelspec,
     SaveAutoGrades,
 )
 
-from segcourse.preprocessors import SafeExecute, ScoreChecks
+from segcourse.preprocessors import ForgetDuplicates, SafeExecute, ScoreChecks
 
 c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
 
@@ -52,6 +56,15 @@ c.Execute.interrupt_on_timeout = True
 # ordinary output rather than failing the cell).
 c.IgnorePattern.pattern = r"(?:Warning|warn\(|it/s\]|s/it\])"
 
+# A duplicated cell must cost nothing but itself (nbgrader would reject the whole notebook).
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput,
+    DeduplicateIds,
+    ForgetDuplicates,
+    OverwriteKernelspec,
+    OverwriteCells,
+    CheckCellMetadata,
+]
 # Autograde with SafeExecute (results folder, crash isolation) and ScoreChecks (re-verifies every
 # grading.check in the grader's own process) around nbgrader's own steps.
 c.Autograde.autograde_preprocessors = [

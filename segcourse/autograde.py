@@ -33,8 +33,12 @@ MAX_BUSY_RETRIES = 8
 
 def _nbgrader(*args: str, env: dict | None = None, check: bool = True):
     """Run an nbgrader command in the course folder; returns the CompletedProcess."""
+    env = dict(env or os.environ)
+    # nbgrader runs the `alembic` command of its environment: put that environment's bin first,
+    # so that an un-activated virtualenv works too.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     done = subprocess.run(
-        [sys.executable, "-m", "nbgrader", *args], cwd=course_dir(), env=env or os.environ.copy(),
+        [sys.executable, "-m", "nbgrader", *args], cwd=course_dir(), env=env,
         capture_output=True, text=True,
     )
     if check and done.returncode != 0:

@@ -8,6 +8,9 @@ Both are wired into ``autograder/nbgrader_config.py``:
   the kernel (``os._exit``, a segfault, memory exhaustion) ``segcourse grade`` knows which one,
   and (3) skips the cells listed in ``SEGCOURSE_SKIP_CELLS`` on the retry, marking them with an
   error. A crash then costs the points of the cells that need that cell, not the notebook.
+- ``ForgetDuplicates`` runs after nbgrader's ``DeduplicateIds``, which empties the nbgrader
+  metadata of a duplicated cell but leaves an empty dict that then fails schema validation for
+  the *whole* notebook; it removes the empty dict, so the copy is an ordinary cell.
 - ``ScoreChecks`` runs after execution, in the grader's process, for every graded test cell:
   it re-compares the outputs that ``grading.check`` saved with the references, so a kernel in
   which ``torch.allclose``, ``torch.testing.assert_close`` or ``segcourse.grading`` itself was
@@ -32,12 +35,21 @@ from nbgrader.utils import is_grade, is_solution
 from . import grading
 from .runtime import device_name
 
-__all__ = ["SafeExecute", "ScoreChecks"]
+__all__ = ["ForgetDuplicates", "SafeExecute", "ScoreChecks"]
 
 
 def _error_output(ename: str, message: str) -> NotebookNode:
     return NotebookNode(output_type="error", ename=ename, evalue=message,
                         traceback=[f"{ename}: {message}"])
+
+
+class ForgetDuplicates(NbGraderPreprocessor):
+    """Turn cells whose nbgrader metadata DeduplicateIds emptied into ordinary cells."""
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        if "nbgrader" in cell.metadata and not cell.metadata["nbgrader"]:
+            del cell.metadata["nbgrader"]
+        return cell, resources
 
 
 class SafeExecute(Execute):
