@@ -46,6 +46,8 @@ COMPARE_TABLE = [
     ("nested ok", [T([1.0]), {"a": 3}], [T([1.0]), {"a": 3}], "close", None),
     ("nested key", [T([1.0]), {"b": 3}], [T([1.0]), {"a": 3}], "close", "expected keys ['a']"),
     ("not a tensor", 3.0, T([3.0]), "close", "expected a tensor"),
+    ("int exact", 5, 5, "exact", None),
+    ("float for int", 5.0, 5, "exact", "expected int 5, got float 5.0"),
     ("scalar close", 2.0000001, 2.0, "close", None),
     ("scalar off", 2.1, 2.0, "close", "expected 2"),
     ("nan matches nan", T([float("nan"), 1.0]), T([float("nan"), 1.0]), "close", None),
@@ -64,7 +66,8 @@ def test_compare_table(name, got, expected, mode, fragment):
 
 def test_tolerance_depends_on_devices():
     assert tolerance_for("cpu", "cpu") == Tolerance(1e-4, 1e-5)
-    assert tolerance_for("cuda:0 (NVIDIA H100)", "cuda:0 (NVIDIA H200)") == Tolerance(1e-4, 1e-5)
+    assert tolerance_for("cuda:0 (NVIDIA H100)", "cuda:1 (NVIDIA H100)") == Tolerance(1e-4, 1e-5)
+    assert tolerance_for("cuda:0 (NVIDIA H100)", "cuda:0 (NVIDIA H200)") == Tolerance(1e-2, 1e-3)
     assert tolerance_for("cuda:0 (NVIDIA H100)", "cpu") == Tolerance(1e-2, 1e-3)
     assert tolerance_for("cpu", "cpu", {"rtol": 0.5}).rtol == 0.5
 
