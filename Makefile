@@ -29,6 +29,8 @@ lab: setup
 
 # Units and end-to-end tests in parallel (tests sharing an expensive fixture share a worker),
 # then every notebook with nbval (all cells of one notebook stay on one worker).
+# One thread per test process: two pytest workers on two cores must not oversubscribe them.
+test: export OMP_NUM_THREADS = 1
 test: setup
 	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests

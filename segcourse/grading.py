@@ -101,8 +101,19 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard-normal CPU tensor of ``shape``, the same on every machine for the same seed."""
-    return torch.randn(*shape, generator=_generator(seed), dtype=dtype)
+    """Standard-normal CPU tensor of ``shape``, the same on every machine for the same seed.
+
+    Not ``torch.randn``: its vectorised kernels give different numbers on CPUs with different
+    instruction sets (AVX2, AVX-512, none), which would change a check's inputs from machine to
+    machine. Uniform draws are bit-identical everywhere; the Box-Muller transform runs in
+    float64 and is rounded to float32, which absorbs last-bit differences of ``log``/``cos``.
+    """
+    count = math.prod(shape)
+    uniform = torch.rand(2, (count + 1) // 2, generator=_generator(seed), dtype=torch.float64)
+    radius = torch.sqrt(-2.0 * torch.log1p(-uniform[0]))  # 1 - u lies in (0, 1]
+    angle = 2.0 * math.pi * uniform[1]
+    normal = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)])[:count]
+    return normal.to(torch.float32).to(dtype).reshape(shape)
 
 
 def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

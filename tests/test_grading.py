@@ -162,6 +162,17 @@ def test_autograde_mode_saves_outputs_for_the_grader(refs, tmp_path, monkeypatch
     assert problem is None
 
 
+def test_randn_is_standard_normal_and_pinned():
+    sample = grading.randn(100_000, seed=3)
+    assert sample.dtype == torch.float32 and sample.shape == (100_000,)
+    assert abs(float(sample.mean())) < 0.02 and abs(float(sample.std()) - 1) < 0.02
+    assert grading.randn(2, 3, 5, seed=1).shape == (2, 3, 5)
+    assert grading.randn(7, seed=1, dtype=torch.float64).dtype == torch.float64
+    # Pinned: these numbers must not change (every recorded reference depends on them).
+    pinned = torch.tensor([-2.5631, 1.3782, 0.6687])
+    assert float((grading.randn(3, seed=0) - pinned).abs().max()) < 1e-4
+
+
 def test_canonical_inputs_are_reproducible():
     assert torch.equal(grading.randn(3, 4, seed=7), grading.randn(3, 4, seed=7))
     assert not torch.equal(grading.randn(3, 4, seed=7), grading.randn(3, 4, seed=8))
