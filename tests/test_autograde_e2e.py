@@ -263,3 +263,19 @@ def test_feedback_and_export_work_on_the_gradebook(graded):
                           cwd=course, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "perfect" in (course / "grades_export.csv").read_text()
+
+
+def test_validation_through_the_python_api(graded):
+    """`nbgrader validate` exits 0 even when tests fail, so use its Python API: the solutions
+    validate clean, and the released (blank) student version reports failing tests."""
+    from nbgrader.validator import Validator
+
+    validator = Validator()
+    solved = validator.validate(str(REPO / "notebooks" / NAME / f"{NAME}.ipynb"))
+    assert not solved.get("failed") and not solved.get("changed"), solved
+    blank = validator.validate(str(graded["release"]))
+    assert blank.get("failed"), "a blank student notebook must fail validation"
+    visible = [grade_id for grade_id in _points() if grade_id.startswith("test_")]
+    assert len(blank["failed"]) == len(visible)  # hidden tests are not in the release
+    assert all("ot implemented" in str(failure) or "NotImplementedError" in str(failure)
+               for failure in blank["failed"])
