@@ -59,3 +59,11 @@ def test_grade_refuses_an_empty_folder(tmp_path):
 def test_references_refuses_an_unknown_notebook():
     with pytest.raises(SystemExit, match="unknown notebook"):
         cli.main(["references", "99_nothing"])
+
+
+@pytest.mark.slow
+def test_bench_times_a_notebook_and_prints_the_table():
+    done = run("bench", "04_transposed_conv", "--budget", "600")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "04_transposed_conv" in done.stdout and "verdict" in done.stdout
+    assert "ok" in done.stdout.splitlines()[-2]  # the notebook's row
