@@ -9,7 +9,10 @@ Modules (flat, named by noun):
 - ``plots``    image / mask / overlay grids with one palette
 - ``train``    a small training loop with time and step budgets
 - ``metrics``  confusion matrix, pixel accuracy, mean IoU
+- ``checkpoints`` the small trained models shipped in ``data/checkpoints/``
 - ``grading``  the check API that notebook test cells call
+- ``references``, ``preprocessors``, ``autograde``, ``cli``, ``doctor``, ``bench``: reference
+  runs, nbgrader plumbing and the ``segcourse`` command
 """
 
 __version__ = "0.1.0"

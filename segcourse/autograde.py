@@ -31,12 +31,16 @@ MAX_CRASH_RETRIES = 5
 MAX_BUSY_RETRIES = 8
 
 
+def _with_env_bin(env: dict) -> dict:
+    """nbgrader runs the `alembic` command of its environment (also when this process opens a
+    new gradebook): put that environment's bin first, so an un-activated virtualenv works."""
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def _nbgrader(*args: str, env: dict | None = None, check: bool = True):
     """Run an nbgrader command in the course folder; returns the CompletedProcess."""
-    env = dict(env or os.environ)
-    # nbgrader runs the `alembic` command of its environment: put that environment's bin first,
-    # so that an un-activated virtualenv works too.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = _with_env_bin(dict(env or os.environ))
     done = subprocess.run(
         [sys.executable, "-m", "nbgrader", *args], cwd=course_dir(), env=env,
         capture_output=True, text=True,
@@ -195,6 +199,7 @@ def grade(submitted: Path | str, jobs: int = 1, timeout: int | None = None) -> l
     if not pairs:
         raise SystemExit(f"no submissions found under {submitted} "
                          "(expected STUDENT/ASSIGNMENT/NOTEBOOK.ipynb)")
+    _with_env_bin(os.environ)  # the gradebook is opened in this process too
     _ensure_in_gradebook({assignment for _, assignment in pairs})
     statuses = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

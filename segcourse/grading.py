@@ -500,8 +500,15 @@ def _record(check_id, outputs, cases, mode, seed, tolerance, device) -> None:
         manifest["references"] = [e for e in manifest["references"] if e["check"] != check_id]
         manifest["references"].append(entry)
         manifest["references"].sort(key=lambda e: e["check"])
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        write_manifest(manifest, root)
     print(f"recorded {check_id}: {len(cases)} case(s) on {entry['device']} -> {entry['file']}")
+
+
+def write_manifest(manifest: dict, root: Path) -> None:
+    """Write ``manifest.json`` atomically: readers never see a half-written file."""
+    temporary = root / f".{MANIFEST}.{os.getpid()}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(temporary, root / MANIFEST)
 
 
 @contextmanager

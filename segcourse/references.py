@@ -90,7 +90,7 @@ builtins.display = display
 
 def _forget(notebook: str, root: Path) -> None:
     """Drop a notebook's old references, so that renamed or removed checks leave no orphans."""
-    from .grading import MANIFEST, _locked, load_manifest
+    from .grading import _locked, load_manifest, write_manifest
 
     if not root.exists():
         return
@@ -98,7 +98,7 @@ def _forget(notebook: str, root: Path) -> None:
         manifest = load_manifest(root)
         manifest["references"] = [e for e in manifest["references"]
                                    if not e["check"].startswith(notebook + ".")]
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        write_manifest(manifest, root)
         for old in (root / notebook).glob("*.pt"):
             old.unlink()
 
