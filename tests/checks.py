@@ -35,6 +35,18 @@ def setup_namespace(name: str) -> dict:
     return namespace
 
 
+def solution_namespace(name: str, grade_id: str) -> dict:
+    """The setup namespace after executing the notebook's solution cell ``grade_id``.
+
+    Gives the instructor's own solution (or a class with its given ``__init__``) to a test.
+    """
+    cell = next(c for c in notebook_cells(name)
+                if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id)
+    namespace = setup_namespace(name)
+    exec(compile(_source(cell), f"{name}:{grade_id}", "exec"), namespace)
+    return namespace
+
+
 def test_cells(name: str, function: str) -> dict[str, str]:
     """grade_id -> source of the graded test cells that exercise ``function``."""
     cells = {}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checks import notebook_cells, run_test_cells, setup_namespace  # noqa: E402
+from checks import run_test_cells, solution_namespace  # noqa: E402
 
 NB = "02_fcn"
 
@@ -26,13 +26,7 @@ def _source(cell):
 
 def _solution(grade_id):
     """The notebook's own solution, executed in a fresh setup namespace."""
-    namespace = setup_namespace(NB)
-    cell = next(
-        c for c in notebook_cells(NB)
-        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id
-    )
-    exec(compile(_source(cell), f"{NB}:{grade_id}", "exec"), namespace)
-    return namespace[grade_id]
+    return solution_namespace(NB, grade_id)[grade_id]
 
 
 def _all_pass(function, implementation):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checks import notebook_cells, run_test_cells, setup_namespace  # noqa: E402
+from checks import run_test_cells, solution_namespace  # noqa: E402
 
 NB = "03_unpooling"
 
@@ -24,13 +24,7 @@ def _source(cell):
 
 def _solution(grade_id):
     """The notebook's own solution, executed in a fresh setup namespace."""
-    namespace = setup_namespace(NB)
-    cell = next(
-        c for c in notebook_cells(NB)
-        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == grade_id
-    )
-    exec(compile(_source(cell), f"{NB}:{grade_id}", "exec"), namespace)
-    return namespace[grade_id]
+    return solution_namespace(NB, grade_id)[grade_id]
 
 
 def _all_pass(function, implementation):
