@@ -77,3 +77,17 @@ def run_test_cells(name: str, function: str, implementation, extra: dict | None 
         except (CheckFailed, AssertionError, Exception) as error:
             outcome[grade_id] = f"{type(error).__name__}: {error}"
     return outcome
+
+
+def assert_all_pass(name: str, function: str, implementation, extra: dict | None = None) -> None:
+    """``implementation`` passes the visible and the hidden test cell of ``function``."""
+    outcome = run_test_cells(name, function, implementation, extra)
+    assert set(outcome) == {f"test_{function}", f"hidden_{function}"}, outcome
+    failures = {grade_id: error for grade_id, error in outcome.items() if error}
+    assert not failures, failures
+
+
+def assert_hidden_fails(name: str, function: str, implementation, extra: dict | None = None):
+    """A mistake loses points: the hidden test cell (at least) fails."""
+    outcome = run_test_cells(name, function, implementation, extra)
+    assert outcome[f"hidden_{function}"] is not None, outcome

@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checks import run_test_cells, solution_namespace  # noqa: E402
+from checks import (  # noqa: E402
+    assert_all_pass,
+    assert_hidden_fails,
+    run_test_cells,
+    solution_namespace,
+)
 
 NB = "02_fcn"
 
@@ -30,16 +35,11 @@ def _solution(grade_id):
 
 
 def _all_pass(function, implementation):
-    outcome = run_test_cells(NB, function, implementation)
-    assert set(outcome) == {f"test_{function}", f"hidden_{function}"}, outcome
-    failures = {grade_id: error for grade_id, error in outcome.items() if error}
-    assert not failures, failures
+    assert_all_pass(NB, function, implementation)
 
 
 def _hidden_fails(function, implementation):
-    """The mistake loses points: the hidden test cell (at least) fails."""
-    outcome = run_test_cells(NB, function, implementation)
-    assert outcome[f"hidden_{function}"] is not None, outcome
+    assert_hidden_fails(NB, function, implementation)
 
 
 def _not_implemented(*args, **kwargs):
