@@ -23,10 +23,6 @@ from checks import (  # noqa: E402
 NB = "03_unpooling"
 
 
-def _source(cell):
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
 def _solution(grade_id):
     """The notebook's own solution, executed in a fresh setup namespace."""
     return solution_namespace(NB, grade_id)[grade_id]
