@@ -189,6 +189,21 @@ def _place(rng, centres, radii, radius, height, width, margin, min_distance_rati
     return None
 
 
+def _composite(rng, image, coverages, colours, labels, scale):
+    """Paint the visible part of each object onto ``image`` (H, W, 3) and add sensor noise.
+
+    Objects too small to keep become background. Returns ``(image, instances, labels)``.
+    """
+    height, width = image.shape[:2]
+    instances = _paint(coverages, height, width)
+    instances, keep = _drop_small(instances, len(labels), min_pixels=round(12 * scale**2))
+    for k, original in enumerate(keep, start=1):
+        visible = instances == k
+        image[visible] = colours[original][visible]
+    image = image + rng.normal(0.0, 0.015, image.shape)
+    return image, instances, [labels[i] for i in keep]
+
+
 def _paint(coverages: list[np.ndarray], height: int, width: int) -> np.ndarray:
     """Instance map int64 (H, W) from object coverages in paint order: later objects occlude.
 
@@ -408,13 +423,7 @@ class ShapesDataset(_SceneDataset):
             radii.append(radius)
             labels.append(label)
 
-        instances = _paint(coverages, height, width)
-        instances, keep = _drop_small(instances, len(labels), min_pixels=round(12 * scale**2))
-        for k, original in enumerate(keep, start=1):
-            visible = instances == k
-            image[visible] = colours[original][visible]
-        image = image + rng.normal(0.0, 0.015, image.shape)
-        return image, instances, [labels[i] for i in keep]
+        return _composite(rng, image, coverages, colours, labels, scale)
 
 
 class DigitsDataset(_SceneDataset):
@@ -456,13 +465,7 @@ class DigitsDataset(_SceneDataset):
             radii.append(side / 2)
             labels.append(int(digit_targets[pick]) + 1)
 
-        instances = _paint(coverages, height, width)
-        instances, keep = _drop_small(instances, len(labels), min_pixels=round(12 * scale**2))
-        for k, original in enumerate(keep, start=1):
-            visible = instances == k
-            image[visible] = colours[original][visible]
-        image = image + rng.normal(0.0, 0.015, image.shape)
-        return image, instances, [labels[i] for i in keep]
+        return _composite(rng, image, coverages, colours, labels, scale)
 
 
 def _upscale(digit: np.ndarray, side: int) -> np.ndarray:
