@@ -495,20 +495,21 @@ def _record(check_id, outputs, cases, mode, seed, tolerance, device) -> None:
         "compare": mode,
         "tolerance": {**DEFAULT_TOLERANCE, **(tolerance or {})},
     }
-    with _locked(root / ".manifest.lock"):  # notebooks may be recorded concurrently
-        manifest = load_manifest(root)
-        manifest["references"] = [e for e in manifest["references"] if e["check"] != check_id]
-        manifest["references"].append(entry)
-        manifest["references"].sort(key=lambda e: e["check"])
-        write_manifest(manifest, root)
+    update_manifest(root, lambda entries: [e for e in entries if e["check"] != check_id] + [entry])
     print(f"recorded {check_id}: {len(cases)} case(s) on {entry['device']} -> {entry['file']}")
 
 
-def write_manifest(manifest: dict, root: Path) -> None:
-    """Write ``manifest.json`` atomically: readers never see a half-written file."""
-    temporary = root / f".{MANIFEST}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(temporary, root / MANIFEST)
+def update_manifest(root: Path, change: Callable[[list[dict]], list[dict]]) -> None:
+    """Replace the manifest's entries by ``change(entries)``, sorted by check id.
+
+    Under a lock, because notebooks may be recorded concurrently, and written atomically, so
+    that readers never see a half-written file.
+    """
+    with _locked(root / ".manifest.lock"):
+        entries = sorted(change(load_manifest(root)["references"]), key=lambda e: e["check"])
+        temporary = root / f".{MANIFEST}.{os.getpid()}.tmp"
+        temporary.write_text(json.dumps({"references": entries}, indent=1) + "\n")
+        os.replace(temporary, root / MANIFEST)
 
 
 @contextmanager

@@ -90,17 +90,14 @@ builtins.display = display
 
 def _forget(notebook: str, root: Path) -> None:
     """Drop a notebook's old references, so that renamed or removed checks leave no orphans."""
-    from .grading import _locked, load_manifest, write_manifest
+    from .grading import update_manifest
 
     if not root.exists():
         return
-    with _locked(root / ".manifest.lock"):
-        manifest = load_manifest(root)
-        manifest["references"] = [e for e in manifest["references"]
-                                   if not e["check"].startswith(notebook + ".")]
-        write_manifest(manifest, root)
-        for old in (root / notebook).glob("*.pt"):
-            old.unlink()
+    update_manifest(root, lambda entries: [e for e in entries
+                                           if not e["check"].startswith(notebook + ".")])
+    for old in (root / notebook).glob("*.pt"):
+        old.unlink()
 
 
 def record_references(path: Path, device: str | None = None, out: Path | None = None) -> None:
