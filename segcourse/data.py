@@ -1,6 +1,6 @@
 """Offline data: generated scenes with masks, and the photos scikit-image and scikit-learn ship.
 
-Nothing here downloads anything (COURSE.md section 5). Three scene datasets share one constructor,
+Nothing here downloads anything (COURSE.md section 5). The scene datasets share one constructor,
 ``(length, size=64, seed=0, task="semantic")``, and one item format (COURSE.md section 3):
 
 - ``task="semantic"``: ``(image, mask)``; image float32 ``(3, H, W)`` in [0, 1], mask int64
@@ -17,6 +17,8 @@ The datasets:
   from scikit-image's brick, grass and gravel photos ("stuff").
 - ``DigitsDataset``: scikit-learn's real handwritten 8 x 8 digits, upscaled, over the textures.
 - ``CellsDataset``: packed cell-like blobs, many touching, for the U-Net border-weight lesson.
+- ``RareShapesDataset``: large shapes, small clutter and a rare class of small crosses (about
+  1.5 % of the pixels, told apart by shape, not colour), for the class-imbalance lesson.
 
 Item ``i`` depends only on ``(seed, i)``: it is drawn with ``np.random.default_rng([seed, i])``,
 so it is the same in any order of access, in any DataLoader worker and on any machine. The
@@ -47,6 +49,7 @@ __all__ = [
     "ShapesDataset",
     "DigitsDataset",
     "CellsDataset",
+    "RareShapesDataset",
     "DATASETS",
     "make_dataset",
     "collate_instances",
@@ -585,10 +588,71 @@ def _separate_touching(instances: np.ndarray) -> np.ndarray:
     return np.where(highest_neighbour > instances, 0, instances)
 
 
+class RareShapesDataset(_SceneDataset):
+    """Large shapes, small clutter and a rare small class: scenes for class-imbalance lessons.
+
+    Classes: background, shape, cross. Two to four large "shape" objects (circles, squares and
+    triangles, radius 7 to 13 px at size 64) cover about 17 % of the pixels; the rare class is
+    one or two small crosses (radius 3 to 4.5 px), about 1.5 % of the pixels. Two to four small
+    discs and squares of the same size as the crosses are clutter and belong to the background.
+    Every object, clutter included, takes its colour from the same distribution, so the cross
+    class is carried by its shape (and small size) alone, never by its colour. Objects do not
+    overlap; sizes scale with ``min(H, W) / 64``. Notebook 07 trains on it with each loss.
+
+    >>> dataset = RareShapesDataset(4, size=48)
+    >>> image, mask = dataset[0]
+    >>> tuple(image.shape), tuple(mask.shape), dataset.classes
+    ((3, 48, 48), (48, 48), ['background', 'shape', 'cross'])
+    """
+
+    classes = ["background", "shape", "cross"]
+    large_kinds = ("circle", "square", "triangle")
+    clutter_kinds = ("circle", "square")
+
+    def _draw(self, rng, height, width):
+        scale = min(height, width) / 64
+        yy, xx = _grid(height, width)
+        image = _textured_background(rng, height, width)
+        plan = [  # (role, how many): large shapes first, so that they always find room
+            ("shape", int(rng.integers(2, 5))),
+            ("cross", int(rng.integers(1, 3))),
+            ("clutter", int(rng.integers(2, 5))),
+        ]
+        centres, radii, labels, coverages, colours = [], [], [], [], []
+        for role, count in plan:
+            for _ in range(count):
+                if role == "shape":
+                    radius = rng.uniform(7, 13) * scale
+                    kind = self.large_kinds[rng.integers(len(self.large_kinds))]
+                else:
+                    radius = rng.uniform(3, 4.5) * scale
+                    kind = "cross" if role == "cross" else self.clutter_kinds[rng.integers(2)]
+                centre = _place(rng, centres, radii, radius, height, width, radius + 1, 1.15)
+                if centre is None:
+                    continue
+                dy, dx = yy - centre[0], xx - centre[1]
+                coverage = _shape_mask(kind, dx, dy, radius, rng.uniform(0, 2 * np.pi))
+                colour = _hsv(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.7, 1.0))
+                centres.append(centre)
+                radii.append(radius)
+                if role == "clutter":  # part of the background: painted straight into it
+                    image[coverage] = colour
+                    continue
+                coverages.append(coverage)
+                colours.append(np.broadcast_to(colour, (height, width, 3)))
+                labels.append(self.classes.index(role))
+        return _composite(rng, image, coverages, colours, labels, scale)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry and batching.
 
-DATASETS = {"shapes": ShapesDataset, "digits": DigitsDataset, "cells": CellsDataset}
+DATASETS = {
+    "shapes": ShapesDataset,
+    "digits": DigitsDataset,
+    "cells": CellsDataset,
+    "rare": RareShapesDataset,
+}
 
 
 def make_dataset(name: str, length: int, size=64, seed: int = 0, task: str = "semantic"):

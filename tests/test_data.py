@@ -1,6 +1,8 @@
 """Offline datasets: formats, determinism, instance/semantic agreement, touching cells, photos."""
 
+import colorsys
 import doctest
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from segcourse.data import (
     DATASETS,
     CellsDataset,
     DigitsDataset,
+    RareShapesDataset,
     ShapesDataset,
     collate_instances,
     load_photo,
@@ -102,6 +105,7 @@ def test_instance_and_semantic_agree(name):
         (ShapesDataset, ["background", "circle", "square", "triangle", "star", "cross"]),
         (DigitsDataset, ["background", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
         (CellsDataset, ["background", "cell"]),
+        (RareShapesDataset, ["background", "shape", "cross"]),
     ],
 )
 def test_classes(dataset_class, classes):
@@ -232,7 +236,9 @@ def test_digits_use_every_digit():
         ({"length": 4, "task": "panoptic"}, ValueError, "'semantic'.*'instance'"),
     ],
 )
-@pytest.mark.parametrize("dataset_class", [ShapesDataset, DigitsDataset, CellsDataset])
+@pytest.mark.parametrize(
+    "dataset_class", [ShapesDataset, DigitsDataset, CellsDataset, RareShapesDataset]
+)
 def test_bad_arguments(dataset_class, kwargs, error, message):
     with pytest.raises(error, match=message):
         dataset_class(**kwargs)
@@ -266,6 +272,41 @@ def test_empty_dataset():
     assert len(dataset) == 0
     with pytest.raises(IndexError):
         dataset[0]
+
+
+def test_rare_class_is_rare_small_and_not_told_by_colour():
+    dataset = RareShapesDataset(200, size=48, seed=0)
+    items = [dataset[i] for i in range(len(dataset))]
+    masks = torch.stack([mask for _, mask in items])  # (200, 48, 48)
+    fraction = torch.bincount(masks.flatten(), minlength=3).double() / masks.numel()
+    assert 0.01 <= fraction[2] <= 0.02, f"crosses cover {fraction[2]:.2%} of the pixels"
+    assert 0.10 <= fraction[1] <= 0.25 and fraction[0] > 0.75, fraction
+    with_cross = sum(bool((mask == 2).any()) for mask in masks)
+    assert with_cross >= 190, "nearly every scene has a cross"
+    # Colour alone does not tell crosses apart: their mean hues spread over the colour wheel
+    # like those of the large shapes.
+    hue_bins = {1: set(), 2: set()}
+    for index in range(60):
+        image, mask = items[index]
+        instances = dataset.instance_map(index)
+        for k in instances.unique().tolist()[1:]:
+            pixels = image[:, instances == k].mean(1)  # (3,) mean RGB of instance k
+            hue = colorsys.rgb_to_hsv(*pixels.tolist())[0]
+            label = int(mask[instances == k][0])
+            hue_bins[label].add(int(hue * 6))
+    assert hue_bins[2] == hue_bins[1] == set(range(6)), hue_bins
+    # Clutter of the crosses' size is background: small bright blobs that are not labelled.
+    image, mask = items[0]
+    bright = image.max(0).values > 0.6
+    assert (bright & (mask == 0)).sum() > 20, "clutter is painted into the background"
+
+
+def test_rare_shapes_are_fast_to_make():
+    dataset = RareShapesDataset(64, size=48, seed=3)
+    start = time.perf_counter()
+    for index in range(len(dataset)):
+        dataset[index]
+    assert time.perf_counter() - start < 5.0, "64 scenes of 48 x 48 in well under a second"
 
 
 # ---------------------------------------------------------------------------------------------
