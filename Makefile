@@ -1,5 +1,6 @@
-# segcourse: the two commands a person needs are `make lab` and `make test`.
-# Everything else is a thin wrapper around the `segcourse` command line.
+# segcourse: students need `make student`, instructors `make instructor`, CI `make test`.
+# Everything else is a thin wrapper around the `segcourse` command line. Every target runs the
+# tools of .venv without activating it (`source .venv/bin/activate` to type them yourself).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,8 +10,16 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
+# nbgrader's exchange (release_assignment, fetch, submit, collect, feedback) for a course on one
+# machine; point it at a folder every student can write to, e.g. EXCHANGE=/srv/nbgrader/exchange.
+EXCHANGE ?= $(or $(SEGCOURSE_EXCHANGE),autograder/exchange)
+# Commands typed in JupyterLab's terminals, and the ones nbgrader starts, come from .venv.
+LABENV := PATH="$(abspath $(BIN)):$$PATH" SEGCOURSE_EXCHANGE="$(abspath $(EXCHANGE))"
+# JupyterLab refuses to run as root (containers, CI machines) without this flag.
+LABFLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup lab test test-fast lint format release grade references bench doctor clean
+.PHONY: setup student instructor lab exchange test test-fast lint format release grade references \
+	bench doctor clean
 
 # `make setup` is idempotent: the stamp file is newer than pyproject.toml after a successful
 # install, so a second run does nothing.
@@ -23,18 +32,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-lab: setup
+# Students: the student versions (no solutions, no hidden tests, the visible tests' references)
+# in student/, opened in JupyterLab at 00_setup. Your notebooks there are never overwritten.
+student: setup
+	$(BIN)/python -m segcourse.student || echo "(a notebook without student version is skipped: see above)"
+	$(LABENV) $(BIN)/jupyter lab $(LABFLAGS) --notebook-dir=student \
+		--LabApp.default_url=/lab/tree/00_setup/00_setup.ipynb
+
+# Instructors: the instructor notebooks (solutions and hidden tests) with nbgrader's Formgrader,
+# which finds the course through ./nbgrader_config.py. `make lab` is the same.
+instructor: setup exchange
 	$(BIN)/segcourse doctor || true
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(LABENV) $(BIN)/jupyter lab $(LABFLAGS) --notebook-dir=.
+
+lab: instructor
+
+# The exchange folder: writable by everyone, sticky like /tmp (nbgrader's own convention).
+exchange:
+	mkdir -p "$(EXCHANGE)"
+	chmod 1777 "$(EXCHANGE)" 2>/dev/null || echo "could not chmod $(EXCHANGE): make it writable by the students"
 
 # Units and end-to-end tests in parallel (tests sharing an expensive fixture share a worker),
-# then every notebook with nbval (all cells of one notebook stay on one worker).
+# then every notebook with nbval (all cells of one notebook stay on one worker; notebooks/conftest.py
+# keeps nbval from losing a busy cell's output messages on a loaded machine).
 # One thread per test process: two pytest workers on two cores must not oversubscribe them.
 test: export OMP_NUM_THREADS = 1
 test: setup
 	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax notebooks
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
+		--nbval-kernel-startup-timeout 300 notebooks
 
 test-fast: setup
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" tests
@@ -62,5 +89,6 @@ bench: setup
 doctor: setup
 	$(BIN)/segcourse doctor
 
+# Leaves student/ (students' work) and autograder/exchange alone.
 clean:
 	rm -rf autograder/release autograder/autograded autograder/feedback autograder/gradebook.db

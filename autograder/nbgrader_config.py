@@ -2,8 +2,9 @@
 
 The course root is the repository: instructor notebooks in notebooks/ are nbgrader's source
 directory, and everything nbgrader generates goes under autograder/ (not committed). Run nbgrader
-commands from this folder (`cd autograder && nbgrader ...`) or through `segcourse release` and
-`segcourse grade`.
+commands from the repository root (its nbgrader_config.py loads this file; that is how the
+Formgrader of `make lab` finds the course) or from this folder, or through `segcourse release`
+and `segcourse grade`.
 """
 
 import os
@@ -23,6 +24,7 @@ from nbgrader.preprocessors import (
 )
 
 from segcourse.preprocessors import ForgetDuplicates, SafeExecute, ScoreChecks
+from segcourse.release_hook import visible_references_hook
 
 c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
 
@@ -32,6 +34,11 @@ c.CourseDirectory.course_id = "segcourse"
 c.CourseDirectory.root = str(HERE.parent)
 c.CourseDirectory.source_directory = "notebooks"
 c.CourseDirectory.release_directory = "autograder/release"
+# Every route to a release (`segcourse release`, `nbgrader generate_assignment`, the Formgrader's
+# Generate button) adds the references of the visible checks next to the student notebook.
+c.GenerateAssignment.post_convert_hook = visible_references_hook(
+    HERE.parent / c.CourseDirectory.release_directory
+)
 c.CourseDirectory.submitted_directory = os.environ.get(
     "SEGCOURSE_SUBMITTED_DIR", "autograder/submitted"
 )
@@ -45,6 +52,14 @@ c.CourseDirectory.ignore = [
     ".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.pt", "*.pth",
     "references", "solutions", "*.secret",
 ]
+
+# nbgrader's exchange for a course on one machine (release_assignment, fetch_assignment, submit,
+# collect, fetch_feedback; the Assignment List and Courses tabs): a folder every student can
+# write to. Default: autograder/exchange/ (made by `make exchange`); for students with their own
+# Unix accounts, a shared folder such as /srv/nbgrader/exchange (see the README).
+c.Exchange.root = os.environ.get("SEGCOURSE_EXCHANGE", str(HERE / "exchange"))
+# release_assignment keeps the release's references/ folder (CourseDirectory.ignore drops it).
+c.ExchangeFactory.release_assignment = "segcourse.release_hook.ReleaseAssignment"
 
 # The python3 kernel of the environment that runs nbgrader, whatever the notebook says.
 c.Execute.kernel_name = "python3"

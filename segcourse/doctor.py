@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
+import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["Finding", "collect", "run_doctor"]
 
 FIX_INSTALL = "make setup   (or: pip install -e '.[dev]')"
+FIX_PATH = ("activate the environment first: source .venv/bin/activate   (or use the make "
+            "targets, or type .venv/bin/segcourse, .venv/bin/nbgrader)")
 
 
 @dataclass
@@ -103,24 +108,52 @@ def _data() -> list[Finding]:
     return findings
 
 
+def _commands() -> list[Finding]:
+    """The course's commands typed in a terminal: found only with the environment activated."""
+    here = Path(sys.executable).parent
+    findings = []
+    for command in ("segcourse", "nbgrader", "jupyter"):
+        found = shutil.which(command)
+        ok = found is not None and Path(found).parent.resolve() == here.resolve()
+        detail = found or "not on PATH"
+        if found and not ok:
+            detail += f" (not this environment's: {here})"
+        findings.append(Finding("commands", command, ok, detail, FIX_PATH, required=False))
+    return findings
+
+
 def _course() -> list[Finding]:
     from .grading import load_manifest
-    from .references import course_dir, find_notebooks
+    from .references import REPO, course_dir, find_notebooks
+    from .student import WORKSPACE
 
     notebooks = find_notebooks()
     references = load_manifest(course_dir() / "references")["references"]
     devices = sorted({entry["device"] for entry in references})
+    students = sorted(WORKSPACE.glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
+    exchange = Path(os.environ.get("SEGCOURSE_EXCHANGE", course_dir() / "exchange"))
+    exchange_ok = exchange.is_dir() and os.access(exchange, os.W_OK | os.X_OK)
     return [
-        Finding("course", "notebooks", bool(notebooks), f"{len(notebooks)} in notebooks/",
+        Finding("course", "notebooks", bool(notebooks),
+                f"{len(notebooks)} instructor notebooks in notebooks/ (with solutions)",
                 "run from the course repository"),
         Finding("course", "references", bool(references),
                 f"{len(references)} recorded on {', '.join(devices) or 'nothing'}",
                 "segcourse references", required=False),
+        Finding("course", "student versions", bool(students),
+                f"{len(students)} in student/ (work there)" if students else "none yet",
+                "make student", required=False),
+        Finding("nbgrader", "Formgrader config", (REPO / "nbgrader_config.py").exists(),
+                "nbgrader_config.py -> autograder/nbgrader_config.py",
+                "restore nbgrader_config.py from git", required=False),
+        Finding("nbgrader", "exchange", exchange_ok,
+                f"{exchange} " + ("(writable)" if exchange_ok else "(missing or not writable)"),
+                "make exchange   (instructors; students: nothing to do)", required=False),
     ]
 
 
 def collect() -> list[Finding]:
-    return _packages() + _device() + _lab_extensions() + _data() + _course()
+    return _packages() + _device() + _commands() + _lab_extensions() + _data() + _course()
 
 
 def run_doctor() -> int:
@@ -135,8 +168,11 @@ def run_doctor() -> int:
     problems = [f for f in findings if not f.ok]
     if problems:
         print("\nTo fix:")
+        fixes: dict[str, list[str]] = {}
         for f in problems:
-            print(f"  - {f.name}: {f.fix}")
+            fixes.setdefault(f.fix, []).append(f.name)
+        for fix, names in fixes.items():
+            print(f"  - {', '.join(names)}: {fix}")
     needed = [f for f in problems if f.required]
     print("\n" + ("Everything the course needs is here." if not needed else
                   f"{len(needed)} thing(s) the course needs are missing."))

@@ -34,6 +34,9 @@ class History:
     ``step``/``loss``/``time`` have one entry per step (``time`` = seconds since the start);
     ``val_step``/``val_pixel_accuracy``/``val_mean_iou`` one per evaluation on ``val_loader``.
     ``stopped_by`` says which budget ended the run: ``"steps"``, ``"time"`` or ``"epochs"``.
+    ``planned_steps`` is the number of steps the step/epoch budgets allow (None when only time
+    limits the run) and ``time_budget`` the seconds allowed; ``cut_by_time`` is True when the
+    time budget stopped the run before ``planned_steps``, and ``budget_note()`` says so in words.
     """
 
     step: list[int] = field(default_factory=list)
@@ -44,6 +47,28 @@ class History:
     val_mean_iou: list[float] = field(default_factory=list)
     epochs: int = 0  # complete passes over the training loader
     stopped_by: str = ""
+    planned_steps: int | None = None
+    time_budget: float | None = None
+
+    @property
+    def cut_by_time(self) -> bool:
+        """The time budget ended the run before the planned number of steps."""
+        return (self.stopped_by == "time" and self.planned_steps is not None
+                and len(self.step) < self.planned_steps)
+
+    def budget_note(self) -> str:
+        """One sentence when the time budget cut the run short (else ``""``): how far it got and
+        what that means for the results."""
+        if not self.cut_by_time:
+            return ""
+        return (
+            f"Note: the time budget ({self.time_budget:g} s) stopped this training after "
+            f"{len(self.step)} of {self.planned_steps} steps, because this machine is slower "
+            "(or busier) than the one the notebook was written on. That is normal: the model "
+            "is simply trained less, so its scores are lower than the figures in the text, and "
+            "the checks that need the full run are skipped. For the full run, raise time_budget "
+            "or use a GPU."
+        )
 
     def smoothed_loss(self, beta: float = 0.9) -> list[float]:
         """Exponential moving average of ``loss`` (bias-corrected, so it starts at loss[0])."""
@@ -104,7 +129,9 @@ def fit(
             every ``val_every`` steps if set) and at the end of training.
         device: default ``get_device()`` (CUDA when present); the model is moved there.
         progress: show a tqdm bar (step, smoothed loss, elapsed time); ``log_every`` steps
-            between updates of the loss shown on it.
+            between updates of the loss shown on it. When the time budget ends the run before
+            its planned steps, the bar still ends as a normal stop, labelled "stopped by time
+            budget after N of M steps", and ``History.budget_note()`` is printed under it.
         seed: if given, ``seed_everything(seed)`` first (loader shuffling, dropout, ...).
         step_fn: ``step_fn(model, batch, device) -> scalar loss`` for batches that are not
             ``(images, masks)``; e.g. for torchvision's Mask R-CNN::
@@ -130,8 +157,8 @@ def fit(
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     step_fn = step_fn or _supervised_step(loss_fn)
 
-    history = History()
     total = _total_steps(train_loader, epochs, max_steps)
+    history = History(planned_steps=total, time_budget=time_budget)
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     smoothed, postfix = _Smoother(), {}  # postfix: what the bar shows after the counts
     start = time.perf_counter()
@@ -181,9 +208,30 @@ def fit(
 
     if val_loader is not None and history.val_step[-1:] != history.step[-1:]:
         validate()  # always finish with the scores of the final model
-    bar.close()
+    _close_bar(bar, history)
+    if progress and history.cut_by_time:
+        print(history.budget_note())  # under the bar: what the cut means for what follows
     model.eval()
     return history
+
+
+def _close_bar(bar, history: History) -> None:
+    """Close the progress bar as a normal end, also when the time budget stopped the run before
+    its planned steps (tqdm would show a red, unfinished bar: it reads as an error)."""
+    if history.stopped_by == "time":
+        done = len(history.step)
+        planned = f" of {history.planned_steps}" if history.cut_by_time else ""
+        bar.set_description_str(f"train (stopped by time budget after {done}{planned} steps)",
+                                refresh=False)
+        if bar.total is not None and bar.n < bar.total:
+            bar.total = bar.n
+            container = getattr(bar, "container", None)  # tqdm.notebook's widget
+            try:
+                container.children[1].max = bar.n
+            except (AttributeError, IndexError, TypeError):
+                pass
+        bar.refresh()
+    bar.close()
 
 
 def predict(
