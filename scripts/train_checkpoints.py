@@ -57,6 +57,12 @@ CHECKPOINTS = {
                    low_level_channels=16),
         steps=2500, batch_size=16, lr=3e-3,
     ),
+    "segformer_shapes": dict(
+        notebook="09_transformers", cls="SegFormer",
+        model=dict(num_classes=6, dims=(16, 32, 64, 128), num_heads=(1, 2, 4, 8), depths=(2, 2, 2, 2),
+                   sr_ratios=(4, 2, 1, 1), mlp_ratio=4, decoder_dim=64),
+        steps=2500, batch_size=16, lr=1e-3,
+    ),
 }
 TRAIN = dict(length=4096, size=64, seed=0)  # the notebooks train on the first 1024 of these
 EVAL = dict(length=128, size=64, seed=1)  # the notebooks' held-out set
