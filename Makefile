@@ -18,7 +18,7 @@ LABENV := PATH="$(abspath $(BIN)):$$PATH" SEGCOURSE_EXCHANGE="$(abspath $(EXCHAN
 # JupyterLab refuses to run as root (containers, CI machines) without this flag.
 LABFLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup student instructor lab exchange test test-fast lint format release grade references \
+.PHONY: setup student selfgrade instructor lab exchange test test-fast lint format release grade references \
 	bench doctor clean
 
 # `make setup` is idempotent: the stamp file is newer than pyproject.toml after a successful
@@ -38,6 +38,11 @@ student: setup
 	$(BIN)/python -m segcourse.student || echo "(a notebook without student version is skipped: see above)"
 	$(LABENV) $(BIN)/jupyter lab $(LABFLAGS) --notebook-dir=student \
 		--LabApp.default_url=/lab/tree/00_setup/00_setup.ipynb
+
+# Self-learners: grade your student/NOTEBOOK/NOTEBOOK.ipynb with the hidden tests (a score, not
+# the tests): make selfgrade NOTEBOOK=04_transposed_conv (no NOTEBOOK: every notebook there).
+selfgrade: setup
+	$(BIN)/python -m segcourse.student --grade $(NOTEBOOK)
 
 # Instructors: the instructor notebooks (solutions and hidden tests) with nbgrader's Formgrader,
 # which finds the course through ./nbgrader_config.py. `make lab` is the same.

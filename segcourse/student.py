@@ -8,18 +8,24 @@ instructor notebooks in ``notebooks/`` hold the solutions: a student never needs
 A notebook already in the workspace is never overwritten (it holds the student's work); its
 ``references/`` folder is refreshed. To start a notebook afresh, delete (or rename) it and run
 ``make student`` again.
+
+Self-learners can also grade their work with the hidden tests, without seeing them:
+``make selfgrade NOTEBOOK=04_transposed_conv`` (``python -m segcourse.student --grade NOTEBOOK``)
+runs ``segcourse grade`` on a copy of ``student/NOTEBOOK/NOTEBOOK.ipynb`` and prints the score.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .references import REPO, course_dir, find_notebooks
 
-__all__ = ["WORKSPACE", "prepare"]
+__all__ = ["WORKSPACE", "prepare", "self_grade"]
 
 WORKSPACE = REPO / "student"
 
@@ -72,6 +78,23 @@ def prepare(names: list[str] | None = None, workspace: Path = WORKSPACE) -> list
     return done
 
 
+def self_grade(names: list[str] | None = None, workspace: Path = WORKSPACE) -> int:
+    """Grade the workspace's notebooks (all, or the named ones) as the instructor would, hidden
+    tests included, on copies (student id ``me``); prints the score table, returns the exit
+    status of ``segcourse grade``."""
+    notebooks = [workspace / name / f"{name}.ipynb" for name in names] if names else sorted(
+        workspace.glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
+    missing = [str(n) for n in notebooks if not n.exists()]
+    if missing or not notebooks:
+        raise SystemExit(f"nothing to grade: {', '.join(missing) or workspace} (run make student)")
+    with tempfile.TemporaryDirectory(prefix="segcourse-selfgrade-") as scratch:
+        for notebook in notebooks:
+            target = Path(scratch) / "me" / notebook.parent.name
+            target.mkdir(parents=True)
+            shutil.copy2(notebook, target / notebook.name)
+        return subprocess.call([sys.executable, "-m", "segcourse.cli", "grade", scratch])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m segcourse.student",
@@ -79,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                     "a notebook that is already there).")
     parser.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     parser.add_argument("--workspace", type=Path, default=WORKSPACE)
+    parser.add_argument("--grade", action="store_true",
+                        help="grade your notebooks in the workspace, hidden tests included")
     args = parser.parse_args(argv)
+    if args.grade:
+        return self_grade(args.notebooks or None, args.workspace)
     done = prepare(args.notebooks or None, args.workspace)
     for notebook, status in done:
         note = {"kept": "yours, kept as it is", "new": "student version",

@@ -128,6 +128,13 @@ def test_student_workspace_has_no_solutions_and_keeps_the_students_work(tmp_path
     assert (workspace / NAME / "references" / "manifest.json").exists()
 
 
+def test_selfgrade_says_what_is_missing(tmp_path):
+    from segcourse.student import self_grade
+
+    with pytest.raises(SystemExit, match="run make student"):
+        self_grade([NAME], tmp_path)
+
+
 # --------------------------------------------------------------------------------------------
 # The exchange, with two student accounts
 # --------------------------------------------------------------------------------------------
