@@ -22,7 +22,7 @@ from nbgrader.preprocessors import (
     SaveAutoGrades,
 )
 
-from segcourse.preprocessors import ForgetDuplicates, SafeExecute, ScoreChecks
+from segcourse.grader.preprocessors import ForgetDuplicates, SafeExecute, ScoreChecks
 
 c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
 

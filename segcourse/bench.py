@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .references import find_notebooks
+from .grader.course import find_notebooks
 
 __all__ = ["time_notebook", "run_bench"]
 

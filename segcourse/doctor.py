@@ -104,18 +104,23 @@ def _data() -> list[Finding]:
 
 
 def _course() -> list[Finding]:
-    from .grading import load_manifest
-    from .references import course_dir, find_notebooks
+    from .grader.course import course_dir, find_notebooks
+    from .grader.sandbox import sandbox_problem
+    from .verify import load_manifest
 
     notebooks = find_notebooks()
     references = load_manifest(course_dir() / "references")["references"]
     devices = sorted({entry["device"] for entry in references})
+    sandbox = sandbox_problem()
     return [
         Finding("course", "notebooks", bool(notebooks), f"{len(notebooks)} in notebooks/",
                 "run from the course repository"),
         Finding("course", "references", bool(references),
                 f"{len(references)} recorded on {', '.join(devices) or 'nothing'}",
                 "segcourse references", required=False),
+        Finding("course", "grading sandbox", sandbox is None,
+                sandbox or "bubblewrap works: each submission is graded in its own sandbox",
+                "sudo apt-get install bubblewrap (instructors who autograde)", required=False),
     ]
 
 
