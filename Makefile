@@ -10,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: setup lab test test-fast lint format release grade references bench doctor clean
+.PHONY: setup system lab test test-fast lint format release grade references bench doctor clean
 
 # `make setup` is idempotent: the stamp file is newer than pyproject.toml after a successful
 # install, so a second run does nothing.
@@ -23,6 +23,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# System packages: bubblewrap, the sandbox every submission is graded in. Installed with apt
+# when this runs as root on Debian/Ubuntu (CI does); otherwise it says what to install.
+system:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else \
+	    echo "bubblewrap is missing: install it (sudo apt-get install bubblewrap) to grade in a sandbox"; \
+	  fi; }
+
 lab: setup
 	$(BIN)/segcourse doctor || true
 	$(BIN)/jupyter lab --notebook-dir=.
@@ -31,7 +41,7 @@ lab: setup
 # then every notebook with nbval (all cells of one notebook stay on one worker).
 # One thread per test process: two pytest workers on two cores must not oversubscribe them.
 test: export OMP_NUM_THREADS = 1
-test: setup
+test: setup system
 	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax notebooks
@@ -50,7 +60,7 @@ release: setup
 
 # make grade SUBMITTED=path/to/submitted [JOBS=4]
 SUBMITTED ?= autograder/submitted
-grade: setup
+grade: setup system
 	$(BIN)/segcourse grade $(SUBMITTED) --jobs $(JOBS) --out grades.csv
 
 references: setup

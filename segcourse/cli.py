@@ -48,8 +48,10 @@ def _references(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_grading_bench
 
+    if args.grading:
+        return run_grading_bench(args.grading, runs=args.runs)
     return run_bench(args.notebooks or None, budget=args.budget)
 
 
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time every notebook on this machine")
     bench.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     bench.add_argument("--budget", type=float, default=180.0, help="seconds allowed per notebook")
+    bench.add_argument("--grading", metavar="NOTEBOOK",
+                       help="time grading NOTEBOOK's solutions with and without the sandbox")
+    bench.add_argument("--runs", type=int, default=1, help="with --grading: best of this many")
     bench.set_defaults(run=_bench)
     return parser
 

@@ -306,14 +306,20 @@ def _name(fn: Callable) -> str:
 
 
 def _short_traceback(shell, etype, value, tb, tb_offset=None):
-    """Show ``CheckFailed`` and an exercise's ``NotImplementedError`` as one readable line."""
-    if issubclass(etype, NotImplementedError) and not str(value):
-        frame = tb
-        while frame.tb_next is not None:
-            frame = frame.tb_next
-        where = frame.tb_frame.f_code.co_name
-        value = f"`{where}` is not implemented yet: replace `raise NotImplementedError()` with your solution"
-    return [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    """Show ``CheckFailed`` and an exercise's bare ``NotImplementedError`` as one line; any
+    other ``NotImplementedError`` (from a library, say) with its usual traceback."""
+    if issubclass(etype, NotImplementedError) and str(value):
+        stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+    else:
+        if issubclass(etype, NotImplementedError):
+            frame = tb
+            while frame.tb_next is not None:
+                frame = frame.tb_next
+            value = etype(f"`{frame.tb_frame.f_code.co_name}` is not implemented yet: replace "
+                          "`raise NotImplementedError()` with your solution")
+        stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
+    shell._showtraceback(etype, value, stb)  # IPython 8 does not show what a handler returns
+    return stb
 
 
 def _install_short_tracebacks() -> None:
