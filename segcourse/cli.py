@@ -29,8 +29,13 @@ def _grade(args) -> int:
     limits = Limits(memory=int(args.memory * 2**30), processes=args.processes,
                     file_size=int(args.file_size * 2**20), disk=int(args.disk * 2**30),
                     cpu=args.cpu, wall=args.wall)
-    rows = grade(args.submitted, jobs=args.jobs, timeout=args.timeout,
-                 sandbox=not args.no_sandbox, limits=limits)
+    try:
+        rows = grade(args.submitted, jobs=args.jobs, timeout=args.timeout,
+                     sandbox=not args.no_sandbox, limits=limits)
+    except KeyboardInterrupt:
+        print("segcourse grade: interrupted; every sandbox was stopped and its scratch removed "
+              "(grades written so far are in the gradebook)", file=sys.stderr)
+        return 130
     print(format_table(rows))
     if args.out:
         write_csv(rows, args.out)

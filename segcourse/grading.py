@@ -140,7 +140,8 @@ def references_dir() -> Path:
     local = Path.cwd() / "references"
     if (local / "manifest.json").exists():
         return local
-    return Path(__file__).resolve().parent.parent / "autograder" / "references"
+    course = os.environ.get("SEGCOURSE_COURSE_DIR") or Path(__file__).resolve().parent.parent / "autograder"
+    return Path(course) / "references"
 
 
 # --------------------------------------------------------------------------------------------

@@ -279,10 +279,11 @@ import os, subprocess
 chunks = []
 try:
     while True:
-        chunks.append(bytearray(256 * 2**20))
+        chunks.append(bytearray(2**30))
 except MemoryError:
-    print("memory stopped at", len(chunks) * 256, "MiB")
-del chunks
+    print("memory stopped at", len(chunks), "GiB")
+finally:
+    del chunks
 children = []
 try:
     for _ in range(2000):
@@ -299,19 +300,22 @@ except OSError as error:
     print("disk stopped:", error)
 """
 
-IGNORE_INTERRUPTS = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
 CRASH = "import os\nos._exit(1)\n"
 
 
 def _hostile(release: nbformat.NotebookNode, port: int, csvs: list[str]) -> dict:
     def inserted(code: str, notebook=None, at: int = 1) -> nbformat.NotebookNode:
-        notebook = notebook if notebook is not None else _solved(release)
+        notebook = nbformat.from_dict(json.loads(json.dumps(notebook if notebook is not None
+                                                            else _solved(release))))
         code = code.replace("PORT", str(port)).replace("CSV_GUESSES", repr(csvs))
         notebook.cells.insert(at, nbformat.v4.new_code_cell(code))
         return notebook
 
     crashing = _solved(release, **{name: CRASH + _solution_sources()[name] for name in FUNCTIONS})
-    slow = _with_body("transposed_output_size", "while True: pass")
+    # ipykernel restores its SIGINT handler around every cell, so a deaf kernel ignores
+    # SIGINT right where it loops
+    slow = _with_body("transposed_output_size", "import signal; signal.signal(signal.SIGINT, "
+                      "signal.SIG_IGN)\n    while True:\n        pass")
     return {
         "replay": inserted(REPLAY, _solved(release, **REPLAY_SOLUTIONS)),
         "instructor": inserted(INSTRUCTOR, release),
@@ -323,7 +327,7 @@ def _hostile(release: nbformat.NotebookNode, port: int, csvs: list[str]) -> dict
         "leaver": inserted(LEAVE),
         "network": inserted(NETWORK),
         "exhaust": inserted(EXHAUST),
-        "deaf": _solved(release, transposed_output_size=IGNORE_INTERRUPTS + slow),
+        "deaf": _solved(release, transposed_output_size=slow),
         "crasher": crashing,
     }
 
@@ -439,6 +443,7 @@ def graded(tmp_path_factory):
             (folder / f"{NAME}.ipynb").write_bytes(notebook)
         else:
             nbformat.write(notebook, folder / f"{NAME}.ipynb")
+    (submitted / "blank" / NAME / "timestamp.txt").write_text("2000-01-01 00:00:00.000000 UTC")
     before = _digest(submitted)
     protected = {"package": REPO / "segcourse", "references": root / "autograder" / "references",
                  "notebooks": root / "notebooks", "release": root / "autograder" / "release"}
@@ -485,6 +490,10 @@ def test_solutions_earn_full_marks(graded):
 
 def test_blank_notebook_earns_nothing(graded):
     assert score(graded, "blank") == 0
+
+
+def test_a_submission_time_written_by_the_student_is_not_trusted(graded):
+    assert "timestamp.txt ignored" in graded["rows"]["blank"]["status"]
 
 
 @pytest.mark.parametrize("student,function", [

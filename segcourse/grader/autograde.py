@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .sandbox import Limits, Sandbox, sandbox_problem
 __all__ = ["release", "grade", "GradeRow", "write_csv", "format_table", "copy_visible_references"]
 
 MAX_BUSY_RETRIES = 8
+MAX_SUBMITTED_FILE = 100 * 2**20  # a file of a submission larger than this is not graded
 GRADER_MARGIN = 180  # seconds the nbgrader process may take beyond the notebook's cap
 
 
@@ -156,6 +158,9 @@ def _stage(submitted: Path, stage: Path, student: str, assignment: str) -> str:
         if path.name == "timestamp.txt" and path.parent == source:
             note = "student's timestamp.txt ignored"
             continue
+        if path.stat().st_size > MAX_SUBMITTED_FILE:
+            note = f"{path.name} larger than {MAX_SUBMITTED_FILE // 2**20} MiB left out"
+            continue
         destination = target / path.relative_to(source)
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, destination)
@@ -225,11 +230,14 @@ def _autograde_one(student: str, assignment: str, stage: Path, slots: _Slots, ba
     scratch = Path(tempfile.mkdtemp(prefix=f"{student}-{assignment}-", dir=options["scratch"]))
     try:
         env = _with_env_bin(dict(os.environ))
+        # the kernel's working folder: the files the release ships, then the student's own
+        # (their notebook included); never the release's references
+        files = _release_files(assignment) + sorted((stage / student / assignment).iterdir())
         env.update(SEGCOURSE_SUBMITTED_DIR=str(stage), SEGCOURSE_SCRATCH=str(scratch),
                    SEGCOURSE_SANDBOX="bwrap" if options["sandbox"] else "none",
                    SEGCOURSE_SANDBOX_SLOT=str(slot),
                    SEGCOURSE_LIMITS=json.dumps(asdict(options["limits"])),
-                   SEGCOURSE_RELEASE_FILES=json.dumps([str(p) for p in _release_files(assignment)]),
+                   SEGCOURSE_RELEASE_FILES=json.dumps([str(p) for p in files]),
                    PYTHONUNBUFFERED="1")
         if options["timeout"]:
             env["SEGCOURSE_CELL_TIMEOUT"] = str(options["timeout"])
@@ -239,10 +247,11 @@ def _autograde_one(student: str, assignment: str, stage: Path, slots: _Slots, ba
         for busy_tries in range(MAX_BUSY_RETRIES + 1):
             code, log = batch.run(command, env, cap)
             if code == 0:
-                return "ok"
+                return _status_from_report(scratch / "report.json")
             if "database is locked" in log and busy_tries < MAX_BUSY_RETRIES:
                 time.sleep(0.5 * (busy_tries + 1))
                 continue
+            _keep_log(student, assignment, log)
             return _failure_status(log)
         return "error: the gradebook stayed busy"
     finally:
@@ -252,13 +261,37 @@ def _autograde_one(student: str, assignment: str, stage: Path, slots: _Slots, ba
         slots.give(slot)
 
 
+def _status_from_report(path: Path) -> str:
+    """"ok", plus what SafeExecute had to do (crashed cells skipped, a kernel that stopped)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "ok"
+    notes = []
+    if report.get("crashed"):
+        notes.append(f"cells {report['crashed']} crashed the kernel; skipped")
+    if report.get("stopped") and "crashed" not in report["stopped"]:
+        notes.append(f"stopped at {report['stopped']}; later cells not run")
+    return "ok" if not notes else f"ok ({'; '.join(notes)})"
+
+
+def _keep_log(student: str, assignment: str, log: str) -> None:
+    """nbgrader's log of a failed submission, for the instructor: autograded/STUDENT/ASSIGNMENT.log."""
+    folder = course_dir() / "autograded" / student
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{assignment}.log").write_text(log)
+
+
 def _failure_status(log: str) -> str:
     if "NotJSONError" in log or "Notebook does not appear to be JSON" in log or "Unreadable" in log:
         return "error: the notebook file is not a valid notebook"
     if "(stopped: grading took more than" in log:
         return "error: " + log.rsplit("(stopped: ", 1)[1].rstrip(")\n")
-    lines = [line.strip() for line in log.splitlines() if "Error" in line or "error" in line]
-    return "error: " + (lines[-1][:160] if lines else "autograding failed (see nbgrader's log)")
+    generic = ("Please see the", "There was an error processing", "Removing failed")
+    lines = [line.strip() for line in log.splitlines()
+             if ("Error" in line or "error" in line) and not any(g in line for g in generic)]
+    return "error: " + (lines[-1][:160] if lines else "autograding failed") + \
+        " (nbgrader's log: autograded/STUDENT/ASSIGNMENT.log)"
 
 
 def _audit(gradebook, student: str, assignment: str, status: str) -> tuple[float, list[str]]:
@@ -308,7 +341,7 @@ def _scores(pairs, statuses: dict, notes: dict, sandboxed: bool) -> list[GradeRo
 def _clean_stale(scratch_root: Path) -> None:
     """Scratch left by a grader that was killed outright: unmount and remove it."""
     for stale in sorted(scratch_root.glob("*")) if scratch_root.exists() else []:
-        if stale.name == "submitted":
+        if stale.name in ("submitted", ".lock"):
             continue
         Sandbox(stale).close()
 
@@ -332,6 +365,29 @@ def grade(submitted: Path | str, jobs: int = 1, timeout: int | None = None,
             raise SystemExit(f"segcourse grade: {problem}")
     limits = limits or Limits()
     scratch_root = course_dir() / ".grading"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with _only_grader(scratch_root / ".lock"):
+        return _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root)
+
+
+@contextmanager
+def _only_grader(path: Path):
+    """One `segcourse grade` per course at a time: a second would clean the first's sandboxes."""
+    import fcntl
+
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit("segcourse grade: another `segcourse grade` is grading this course "
+                             "right now; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root) -> list[GradeRow]:
     _clean_stale(scratch_root)
     stage = scratch_root / "submitted"
     shutil.rmtree(stage, ignore_errors=True)

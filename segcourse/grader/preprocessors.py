@@ -137,8 +137,10 @@ class SafeExecute(Execute):
                 break
             skip[outcome] = "crashed"
             Sandbox(scratch_root / f"attempt{attempt}", slot=self._slot).close()
-        resources["segcourse_skipped"] = sorted(skip)
         resources["segcourse_results_dir"] = str(scratch_root / f"attempt{attempt}" / "results")
+        # for the driver's status column; the scratch root is the grader's, never the kernel's
+        (scratch_root / "report.json").write_text(json.dumps(
+            {"crashed": sorted(skip), "stopped": self._stopped, "attempts": attempt + 1}))
         return trial, resources
 
     def _attempt(self, nb, resources, scratch: Path, limits: Limits, deadline: float,
@@ -165,10 +167,12 @@ class SafeExecute(Execute):
             super().preprocess(nb, resources, km)
         except DeadKernelError:
             crashed = self._current
+            self._stopped = f"cell {self._current} crashed the kernel"
             self._stop_from(nb, self._current, "KernelCrashed",
                             "this cell stopped the Python kernel (os._exit, a crash, or running "
                             "out of memory)")
         except (CellTimeoutError, _WallClockExceeded, TimeoutError) as error:
+            self._stopped = f"cell {self._current}: {type(error).__name__}"
             self._stop_from(nb, self._current, "KernelUnresponsive",
                             f"the kernel stopped answering or the notebook ran past its "
                             f"{limits.wall} s limit ({type(error).__name__})")
