@@ -18,8 +18,8 @@ LABENV := PATH="$(abspath $(BIN)):$$PATH" SEGCOURSE_EXCHANGE="$(abspath $(EXCHAN
 # JupyterLab refuses to run as root (containers, CI machines) without this flag.
 LABFLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: setup student selfgrade instructor lab exchange test test-fast lint format release grade references \
-	bench doctor clean
+.PHONY: setup system student selfgrade instructor lab exchange test test-fast lint format release \
+	grade references bench doctor clean
 
 # `make setup` is idempotent: the stamp file is newer than pyproject.toml after a successful
 # install, so a second run does nothing.
@@ -31,6 +31,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# System packages: bubblewrap, the sandbox every submission is graded in. Installed with apt
+# when this runs as root on Debian/Ubuntu (CI does); otherwise it says what to install.
+system:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else \
+	    echo "bubblewrap is missing: install it (sudo apt-get install bubblewrap) to grade in a sandbox"; \
+	  fi; }
 
 # Students: the student versions (no solutions, no hidden tests, the visible tests' references)
 # in student/, opened in JupyterLab at 00_setup. Your notebooks there are never overwritten.
@@ -62,7 +72,7 @@ exchange:
 # keeps nbval from losing a busy cell's output messages on a loaded machine).
 # One thread per test process: two pytest workers on two cores must not oversubscribe them.
 test: export OMP_NUM_THREADS = 1
-test: setup
+test: setup system
 	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
@@ -82,7 +92,7 @@ release: setup
 
 # make grade SUBMITTED=path/to/submitted [JOBS=4]
 SUBMITTED ?= autograder/submitted
-grade: setup
+grade: setup system
 	$(BIN)/segcourse grade $(SUBMITTED) --jobs $(JOBS) --out grades.csv
 
 references: setup

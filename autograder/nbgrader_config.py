@@ -23,8 +23,8 @@ from nbgrader.preprocessors import (
     SaveAutoGrades,
 )
 
-from segcourse.preprocessors import ForgetDuplicates, SafeExecute, ScoreChecks
-from segcourse.release_hook import visible_references_hook
+from segcourse.grader.preprocessors import ForgetDuplicates, SafeExecute, ScoreChecks
+from segcourse.grader.release_hook import visible_references_hook
 
 c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
 
@@ -59,7 +59,7 @@ c.CourseDirectory.ignore = [
 # Unix accounts, a shared folder such as /srv/nbgrader/exchange (see the README).
 c.Exchange.root = os.environ.get("SEGCOURSE_EXCHANGE", str(HERE / "exchange"))
 # release_assignment keeps the release's references/ folder (CourseDirectory.ignore drops it).
-c.ExchangeFactory.release_assignment = "segcourse.release_hook.ReleaseAssignment"
+c.ExchangeFactory.release_assignment = "segcourse.grader.release_hook.ReleaseAssignment"
 
 # The python3 kernel of the environment that runs nbgrader, whatever the notebook says.
 c.Execute.kernel_name = "python3"

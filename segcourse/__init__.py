@@ -10,9 +10,11 @@ Modules (flat, named by noun):
 - ``train``    a small training loop with time and step budgets
 - ``metrics``  confusion matrix, pixel accuracy, mean IoU
 - ``checkpoints`` the small trained models shipped in ``data/checkpoints/``
-- ``grading``  the check API that notebook test cells call
-- ``references``, ``preprocessors``, ``autograde``, ``cli``, ``doctor``, ``bench``: reference
-  runs, nbgrader plumbing and the ``segcourse`` command
+- ``grading``  the check API that notebook test cells call (runs in the student's kernel)
+- ``verify``   comparing outputs with references (pure; used by both sides of grading)
+- ``grader/``  the trusted side, never run in a student's kernel: reference runs, the
+  sandbox, nbgrader preprocessors, release and grade
+- ``cli``, ``doctor``, ``bench``: the ``segcourse`` command
 """
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ def _doctor(args) -> int:
 
 
 def _release(args) -> int:
-    from .autograde import release
+    from .grader.autograde import release
 
     for notebook in release(args.assignments or None):
         print(f"released {notebook}")
@@ -23,9 +23,19 @@ def _release(args) -> int:
 
 
 def _grade(args) -> int:
-    from .autograde import format_table, grade, write_csv
+    from .grader.autograde import format_table, grade, write_csv
+    from .grader.sandbox import Limits
 
-    rows = grade(args.submitted, jobs=args.jobs, timeout=args.timeout)
+    limits = Limits(memory=int(args.memory * 2**30), processes=args.processes,
+                    file_size=int(args.file_size * 2**20), disk=int(args.disk * 2**30),
+                    cpu=args.cpu, wall=args.wall)
+    try:
+        rows = grade(args.submitted, jobs=args.jobs, timeout=args.timeout,
+                     sandbox=not args.no_sandbox, limits=limits)
+    except KeyboardInterrupt:
+        print("segcourse grade: interrupted; every sandbox was stopped and its scratch removed "
+              "(grades written so far are in the gradebook)", file=sys.stderr)
+        return 130
     print(format_table(rows))
     if args.out:
         write_csv(rows, args.out)
@@ -34,7 +44,8 @@ def _grade(args) -> int:
 
 
 def _references(args) -> int:
-    from .references import find_notebooks, record_references
+    from .grader.course import find_notebooks
+    from .grader.record import record_references
 
     for notebook in find_notebooks(args.assignments or None):
         record_references(notebook, device=args.device)
@@ -42,9 +53,17 @@ def _references(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_grading_bench
 
+    if args.grading:
+        return run_grading_bench(args.grading, runs=args.runs)
     return run_bench(args.notebooks or None, budget=args.budget)
+
+
+def _limit_defaults():
+    from .grader.sandbox import Limits
+
+    return Limits()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--out", help="write a CSV (student, assignment, score, max_score, status)")
     grade.add_argument("--timeout", type=int, default=None,
                        help="seconds per cell before it is interrupted (default 600)")
+    defaults = _limit_defaults()
+    grade.add_argument("--no-sandbox", action="store_true",
+                       help="run kernels with your own rights (no bubblewrap); rows say so")
+    grade.add_argument("--wall", type=int, default=defaults.wall,
+                       help="seconds for a whole notebook, crash retries included (default %(default)s)")
+    grade.add_argument("--memory", type=float, default=defaults.memory / 2**30,
+                       help="GiB of address space per process in the sandbox (default %(default)g)")
+    grade.add_argument("--processes", type=int, default=defaults.processes,
+                       help="processes and threads per sandbox (default %(default)s)")
+    grade.add_argument("--file-size", type=float, default=defaults.file_size / 2**20,
+                       help="MiB, the largest file a sandbox may write (default %(default)g)")
+    grade.add_argument("--disk", type=float, default=defaults.disk / 2**30,
+                       help="GiB a sandbox may write in all (default %(default)g)")
+    grade.add_argument("--cpu", type=int, default=defaults.cpu,
+                       help="CPU seconds per process in the sandbox (default %(default)s)")
     grade.set_defaults(run=_grade)
 
     references = commands.add_parser("references", help="record reference runs")
@@ -74,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time every notebook on this machine")
     bench.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     bench.add_argument("--budget", type=float, default=180.0, help="seconds allowed per notebook")
+    bench.add_argument("--grading", metavar="NOTEBOOK",
+                       help="time grading NOTEBOOK's solutions with and without the sandbox")
+    bench.add_argument("--runs", type=int, default=1, help="with --grading: best of this many")
     bench.set_defaults(run=_bench)
     return parser
 

@@ -123,9 +123,10 @@ def _commands() -> list[Finding]:
 
 
 def _course() -> list[Finding]:
-    from .grading import load_manifest
-    from .references import REPO, course_dir, find_notebooks
+    from .grader.course import REPO, course_dir, find_notebooks
+    from .grader.sandbox import sandbox_problem
     from .student import WORKSPACE
+    from .verify import load_manifest
 
     notebooks = find_notebooks()
     references = load_manifest(course_dir() / "references")["references"]
@@ -133,6 +134,7 @@ def _course() -> list[Finding]:
     students = sorted(WORKSPACE.glob("[0-9][0-9]_*/[0-9][0-9]_*.ipynb"))
     exchange = Path(os.environ.get("SEGCOURSE_EXCHANGE", course_dir() / "exchange"))
     exchange_ok = exchange.is_dir() and os.access(exchange, os.W_OK | os.X_OK)
+    sandbox = sandbox_problem()
     return [
         Finding("course", "notebooks", bool(notebooks),
                 f"{len(notebooks)} instructor notebooks in notebooks/ (with solutions)",
@@ -149,6 +151,9 @@ def _course() -> list[Finding]:
         Finding("nbgrader", "exchange", exchange_ok,
                 f"{exchange} " + ("(writable)" if exchange_ok else "(missing or not writable)"),
                 "make exchange   (instructors; students: nothing to do)", required=False),
+        Finding("nbgrader", "grading sandbox", sandbox is None,
+                sandbox or "bubblewrap works: each submission is graded in its own sandbox",
+                "sudo apt-get install bubblewrap (instructors who autograde)", required=False),
     ]
 
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .references import REPO, course_dir, find_notebooks
+from .grader.course import REPO, course_dir, find_notebooks
 
 __all__ = ["WORKSPACE", "prepare", "self_grade"]
 
@@ -50,7 +50,7 @@ def prepare(names: list[str] | None = None, workspace: Path = WORKSPACE) -> list
     for source in sources:
         released_dir = course_dir() / "release" / source.stem
         if _stale(source, released_dir / source.name):
-            from .autograde import release
+            from .grader.autograde import release
 
             try:
                 release([source.stem])

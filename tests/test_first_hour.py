@@ -69,7 +69,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def _visible_checks(notebook: Path) -> set[str]:
-    from segcourse.references import check_ids_in_notebook
+    from segcourse.grader.course import check_ids_in_notebook
 
     return set(check_ids_in_notebook(notebook))
 

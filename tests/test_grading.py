@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from segcourse import grading
-from segcourse.grading import CheckFailed, ReferenceMissing, Tolerance, compare, tolerance_for
+from segcourse.grader.record import store_results
+from segcourse.grading import CheckFailed, ReferenceMissing
+from segcourse.verify import Tolerance, compare, tolerance_for, verify
 
 TIGHT = Tolerance(1e-4, 1e-5)
 
@@ -18,14 +20,21 @@ def reference_fn(x, weight, stride):
     return F.conv_transpose2d(x, weight, stride=stride)
 
 
+def record(check_id, fn, cases, root, monkeypatch, **options):
+    """What a reference run does: the check saves its outputs, the recorder stores them."""
+    with monkeypatch.context() as patch:
+        patch.setenv("SEGCOURSE_RESULTS_DIR", str(root.parent / "record-results"))
+        grading.check(check_id, fn, cases=cases, **options)
+    store_results(root.parent / "record-results", root)
+
+
 @pytest.fixture
 def refs(tmp_path, monkeypatch):
     """An empty references folder, with the reference of CASES recorded into it."""
-    monkeypatch.setenv("SEGCOURSE_REFERENCES", str(tmp_path))
-    monkeypatch.setenv("SEGCOURSE_GRADING_MODE", "record")
-    grading.check("04_transposed_conv.example", reference_fn, cases=CASES)
-    monkeypatch.delenv("SEGCOURSE_GRADING_MODE")
-    return tmp_path
+    root = tmp_path / "refs"
+    monkeypatch.setenv("SEGCOURSE_REFERENCES", str(root))
+    record("04_transposed_conv.example", reference_fn, CASES, root, monkeypatch)
+    return root
 
 
 # --- compare: a table of (got, expected, mode, expected fragment of the message or None) ---
@@ -98,7 +107,9 @@ def test_record_then_check_round_trip(refs, capsys):
 
 def test_failure_message_names_case_index_and_values(refs):
     flipped = lambda x, weight, stride: F.conv_transpose2d(x, weight.flip(-1, -2), stride=stride)
-    with pytest.raises(CheckFailed, match=r"case 1 of 1: .*largest error .* at index \(0, \d, \d, \d\)"):
+    with pytest.raises(CheckFailed, match=r"case 1 of 1 \(x=float32 tensor \(1, 2, 3, 4\), "
+                       r"weight=float32 tensor \(2, 3, 3, 3\), stride=2\): .*largest error .* "
+                       r"at index \(0, \d, \d, \d\)"):
         grading.check("04_transposed_conv.example", flipped, cases=CASES)
 
 
@@ -106,7 +117,7 @@ def test_not_implemented_is_explained(refs):
     def blank(x, weight, stride):
         raise NotImplementedError()
 
-    with pytest.raises(CheckFailed, match="not implemented yet"):
+    with pytest.raises(CheckFailed, match="^`.*blank` is not implemented yet"):
         grading.check("04_transposed_conv.example", blank, cases=CASES)
 
 
@@ -152,14 +163,50 @@ def test_patched_assertion_functions_do_not_change_compare(monkeypatch):
     assert compare(T([1, 9]), T([1, 2]), "exact", TIGHT) is not None
 
 
-def test_autograde_mode_saves_outputs_for_the_grader(refs, tmp_path, monkeypatch):
+def test_autograde_mode_saves_outputs_and_reads_no_reference(refs, tmp_path, monkeypatch, capsys):
+    """While autograding the kernel needs no reference: it saves, the grader compares."""
     results = tmp_path / "results"
     monkeypatch.setenv("SEGCOURSE_RESULTS_DIR", str(results))
+    monkeypatch.setenv("SEGCOURSE_REFERENCES", str(tmp_path / "no-references-here"))
+    wrong = lambda x, weight, stride: F.conv_transpose2d(x, weight.flip(-1), stride=stride)
+    grading.check("04_transposed_conv.example", wrong, cases=CASES)  # no comparison, no error
+    assert "saved for grading" in capsys.readouterr().out
+    saved = torch.load(results / "04_transposed_conv.example.pt", weights_only=True)
+    problem, _, _ = verify("04_transposed_conv.example", saved, "cpu", refs)
+    assert problem is not None and "case 1 of 1" in problem
     grading.check("04_transposed_conv.example", reference_fn, cases=CASES)
     saved = torch.load(results / "04_transposed_conv.example.pt", weights_only=True)
-    problem, _ = grading.verify("04_transposed_conv.example", saved["outputs"],
-                                saved["inputs_sha256"], "cpu")
-    assert problem is None
+    assert verify("04_transposed_conv.example", saved, "cpu", refs)[0] is None
+
+
+def test_exact_checks_print_no_tolerance(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "refs"
+    monkeypatch.setenv("SEGCOURSE_REFERENCES", str(root))
+    cases = [dict(size=3, kernel=3, stride=2)]
+    size = lambda size, kernel, stride: (size - 1) * stride + kernel
+    record("04_transposed_conv.size", size, cases, root, monkeypatch, compare="exact")
+    grading.check("04_transposed_conv.size", size, cases=cases, compare="exact")
+    printed = capsys.readouterr().out
+    assert "match the reference exactly" in printed and "rtol" not in printed
+    with pytest.raises(CheckFailed, match=r"case 1 of 1 \(size=3, kernel=3, stride=2\): output: expected 7, got 8"):
+        grading.check("04_transposed_conv.size", lambda **k: size(**k) + 1, cases=cases, compare="exact")
+
+
+def test_describe_case_shows_shapes_and_small_values():
+    case = dict(x=torch.zeros(2, 3), kernel=torch.tensor([1.0, 2.0]), stride=2, mode="same")
+    assert grading.describe_case(case) == "x=float32 tensor (2, 3), kernel=[1.0, 2.0], stride=2, mode='same'"
+
+
+def test_recording_replaces_a_notebooks_old_references(tmp_path, monkeypatch):
+    root = tmp_path / "refs"
+    record("04_transposed_conv.old", reference_fn, CASES, root, monkeypatch)
+    results = tmp_path / "new"
+    monkeypatch.setenv("SEGCOURSE_RESULTS_DIR", str(results))
+    grading.check("04_transposed_conv.new", reference_fn, cases=CASES)
+    store_results(results, root, notebook="04_transposed_conv")
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert [e["check"] for e in manifest["references"]] == ["04_transposed_conv.new"]
+    assert sorted(p.name for p in (root / "04_transposed_conv").iterdir()) == ["new.pt"]
 
 
 def test_randn_is_standard_normal_and_pinned():

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from nbgrader.utils import determine_grade
 
 from segcourse import grading
-from segcourse.preprocessors import ScoreChecks
+from segcourse.grader.preprocessors import ScoreChecks
+from segcourse.grader.record import store_results
 
 CASES = [dict(x=grading.randn(1, 2, 3, 3, seed=1), weight=grading.randn(2, 2, 3, 3, seed=2))]
 SOURCE = 'grading.check("04_transposed_conv.pp", conv, cases=CASES)'
@@ -20,9 +21,10 @@ def conv(x, weight):
 @pytest.fixture
 def refs(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGCOURSE_REFERENCES", str(tmp_path / "refs"))
-    monkeypatch.setenv("SEGCOURSE_GRADING_MODE", "record")
-    grading.check("04_transposed_conv.pp", conv, cases=CASES)
-    monkeypatch.delenv("SEGCOURSE_GRADING_MODE")
+    with monkeypatch.context() as patch:
+        patch.setenv("SEGCOURSE_RESULTS_DIR", str(tmp_path / "recorded"))
+        grading.check("04_transposed_conv.pp", conv, cases=CASES)
+    store_results(tmp_path / "recorded", tmp_path / "refs")
     return tmp_path / "refs"
 
 
@@ -40,9 +42,9 @@ def score(cell, results_dir):
     return determine_grade(notebook.cells[0])[0]
 
 
-def save_results(results_dir, outputs):
+def save_results(results_dir, outputs, check="04_transposed_conv.pp"):
     results_dir.mkdir(exist_ok=True)
-    torch.save({"check": "04_transposed_conv.pp", "inputs_sha256": grading._fingerprint(CASES),
+    torch.save({"check": check, "inputs_sha256": grading._fingerprint(CASES),
                 "device": "cpu", "outputs": outputs},
                results_dir / "04_transposed_conv.pp.pt")
 
@@ -84,3 +86,27 @@ def test_errors_from_the_kernel_stay_errors(refs, tmp_path):
     save_results(tmp_path / "res", [conv(**CASES[0])])
     error = {"output_type": "error", "ename": "AssertionError", "evalue": "x", "traceback": []}
     assert score(graded_cell([error]), tmp_path / "res") == 0
+
+
+def test_saved_outputs_of_another_check_do_not_count(refs, tmp_path):
+    save_results(tmp_path / "res", [conv(**CASES[0])], check="04_transposed_conv.other")
+    assert score(graded_cell(), tmp_path / "res") == 0
+
+
+def test_a_symlinked_or_garbage_results_file_fails_safely(refs, tmp_path):
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / "04_transposed_conv.pp.pt").symlink_to("/etc/passwd")
+    assert score(graded_cell(), results) == 0
+    (results / "04_transposed_conv.pp.pt").unlink()
+    (results / "04_transposed_conv.pp.pt").write_bytes(b"not a torch file")
+    cell = graded_cell()
+    assert score(cell, results) == 0
+    assert "could not read" in cell.outputs[-1]["evalue"]
+
+
+def test_a_passing_check_says_the_grader_verified_it(refs, tmp_path):
+    save_results(tmp_path / "res", [conv(**CASES[0])])
+    cell = graded_cell()
+    assert score(cell, tmp_path / "res") == 2
+    assert "verified by the grader" in cell.outputs[-1]["text"]

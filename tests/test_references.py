@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from segcourse.grading import CHECK_ID_PATTERN, load_manifest, reference_path
-from segcourse.references import check_ids_in_notebook, course_dir, find_notebooks
+from segcourse.grader.course import check_ids_in_notebook, course_dir, find_notebooks
+from segcourse.verify import CHECK_ID_PATTERN, load_manifest, reference_path
 
 REFERENCES = course_dir() / "references"
 MANIFEST = {entry["check"]: entry for entry in load_manifest(REFERENCES)["references"]}

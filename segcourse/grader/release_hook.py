@@ -40,14 +40,14 @@ def add_visible_references(release_dir: str | Path, notebooks: list[str]) -> lis
     release of each is ``release_dir/NN_slug/NN_slug.ipynb``. Returns the released notebooks
     that got a ``references/`` folder (a notebook without checks gets none).
     """
-    from .autograde import _copy_visible_references  # torch: only when a release is made
+    from .autograde import copy_visible_references  # torch: only when a release is made
 
     done = []
     for source in map(Path, notebooks):
         released = Path(release_dir) / source.parent.name / source.name
         if not released.exists():
             raise FileNotFoundError(f"nbgrader made no release {released}")
-        _copy_visible_references(released)
+        copy_visible_references(released)
         if (released.parent / "references").is_dir():
             done.append(released)
     return done
