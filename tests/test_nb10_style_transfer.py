@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `checks`, however pytest is run
 
-from checks import REPO, run_test_cells, solution_namespace  # noqa: E402
+from checks import REPO, notebook_cells, run_test_cells, solution_namespace  # noqa: E402
 
 NOTEBOOK = "10_style_transfer"
 
@@ -393,7 +393,7 @@ def test_unet_copy_matches_notebook_05_and_the_checkpoint():
 
     original = model_factory("unet_shapes").state_dict()
     namespace = solution_namespace(NOTEBOOK, "gram_matrix")  # the setup cell's names
-    cells = [c for c in __import__("checks").notebook_cells(NOTEBOOK) if c["cell_type"] == "code"]
+    cells = [c for c in notebook_cells(NOTEBOOK) if c["cell_type"] == "code"]
     source = next("".join(c["source"]) for c in cells if "class UNet(nn.Module)" in "".join(c["source"]))
     definitions = source.split("random_net = ")[0]  # the classes, not the cell's instances
     exec(compile(definitions, f"{NOTEBOOK}:classes", "exec"), namespace)
