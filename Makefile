@@ -15,6 +15,8 @@ JOBS   ?= 2
 EXCHANGE ?= $(or $(SEGCOURSE_EXCHANGE),autograder/exchange)
 # Commands typed in JupyterLab's terminals, and the ones nbgrader starts, come from .venv.
 LABENV := PATH="$(abspath $(BIN)):$$PATH" SEGCOURSE_EXCHANGE="$(abspath $(EXCHANGE))"
+# The students' JupyterLab hides nbgrader's instructor tools (autograder/student_lab/).
+STUDENTCONF := $(abspath autograder/student_lab)$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 # JupyterLab refuses to run as root (containers, CI machines) without this flag.
 LABFLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
@@ -46,7 +48,7 @@ system:
 # in student/, opened in JupyterLab at 00_setup. Your notebooks there are never overwritten.
 student: setup
 	$(BIN)/python -m segcourse.student || echo "(a notebook without student version is skipped: see above)"
-	$(LABENV) $(BIN)/jupyter lab $(LABFLAGS) --notebook-dir=student \
+	$(LABENV) JUPYTER_CONFIG_PATH="$(STUDENTCONF)" $(BIN)/jupyter lab $(LABFLAGS) --notebook-dir=student \
 		--LabApp.default_url=/lab/tree/00_setup/00_setup.ipynb
 
 # Self-learners: grade your student/NOTEBOOK/NOTEBOOK.ipynb with the hidden tests (a score, not

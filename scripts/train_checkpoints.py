@@ -10,7 +10,9 @@ calls (nothing else: no training, no plots), so a checkpoint always fits the cla
 notebook defines and students see. Each model is trained with ``segcourse.train.fit`` on
 the offline ``shapes`` data (the notebooks' training set, larger), with the same optimiser as
 the notebooks and a step decay of the learning rate for the last fifth of the steps, and scored
-with ``segcourse.metrics.evaluate`` on the notebooks' held-out set. The weights (a state dict)
+with ``segcourse.metrics.evaluate`` on the notebooks' held-out set. Instance models (``task=
+"instance"``: notebook 08's Mask R-CNN) train on ``ShapesDataset(task="instance")`` and are scored
+with the notebook's own COCO evaluation (``coco_scores``: box and mask AP, AP50, AP75). The weights (a state dict)
 go to ``data/checkpoints/<name>.pt`` and the manifest records the file's sha256, the device, the
 torch version, the steps, the training time, the scores and the command.
 
@@ -36,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from segcourse.checkpoints import MANIFEST, checkpoints_dir
-from segcourse.data import ShapesDataset
+from segcourse.data import ShapesDataset, collate_instances
 from segcourse.metrics import evaluate
 from segcourse.runtime import device_name, get_device, seed_everything
 from segcourse.train import fit
@@ -63,9 +65,18 @@ CHECKPOINTS = {
                    sr_ratios=(4, 2, 1, 1), mlp_ratio=4, decoder_dim=64),
         steps=2500, batch_size=16, lr=1e-3,
     ),
+    # Instance segmentation: torchvision's Mask R-CNN with the notebook's small backbone, trained
+    # on ShapesDataset(task="instance") and scored with the notebook's COCO evaluation.
+    "mask_rcnn_shapes": dict(
+        notebook="08_mask_rcnn", cls="SmallMaskRCNN", task="instance",
+        model=dict(num_classes=6, width=16, image_size=64, anchor_sizes=(12, 24, 48),
+                   representation=128, mask_channels=32),
+        steps=2000, batch_size=8, lr=1e-3,
+    ),
 }
 TRAIN = dict(length=4096, size=64, seed=0)  # the notebooks train on the first 1024 of these
 EVAL = dict(length=128, size=64, seed=1)  # the notebooks' held-out set
+INSTANCE_EVAL = dict(length=256, size=64, seed=1)  # notebook 08's held-out set
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,8 +163,70 @@ def eval_loader(length: int | None = None) -> DataLoader:
     return DataLoader(TensorDataset(images, masks), batch_size=64)
 
 
+def _instance_step(model, batch, device):
+    images, targets = batch
+    images = [image.to(device) for image in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    return sum(model(images, targets).values())
+
+
+def train_instance(name: str, out: Path, steps: int | None, device) -> dict:
+    """Train and score an instance model (Mask R-CNN): COCO box and mask AP on the eval set."""
+    spec = CHECKPOINTS[name]
+    steps = steps or spec["steps"]
+    seed_everything(0)
+    namespace = notebook_namespace(spec["notebook"], {spec["cls"], "coco_scores", "predict_instances"})
+    model = namespace[spec["cls"]](**spec["model"])
+    train_set = ShapesDataset(**TRAIN, task="instance")
+    items = [train_set[i] for i in range(len(train_set))]
+    loader = DataLoader(items, batch_size=spec["batch_size"], shuffle=True,
+                        collate_fn=collate_instances, generator=torch.Generator().manual_seed(0))
+    decay_at = int(0.8 * steps)
+    start = time.perf_counter()
+    first = fit(model, loader, lr=spec["lr"], max_steps=decay_at, device=device, seed=0,
+                step_fn=_instance_step)
+    second = fit(model, loader, lr=spec["lr"] / 10, max_steps=steps - decay_at, device=device,
+                 step_fn=_instance_step)
+    seconds = time.perf_counter() - start
+    eval_set = ShapesDataset(**INSTANCE_EVAL, task="instance")
+    images, targets = zip(*(eval_set[i] for i in range(len(eval_set))), strict=True)
+    predictions = namespace["predict_instances"](model, list(images))
+    scores = namespace["coco_scores"](list(targets), predictions, spec["model"]["num_classes"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.pt"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    data = "ShapesDataset({length}, size={size}, seed={seed}, task='instance')"
+    return {
+        "name": name,
+        "file": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "bytes": path.stat().st_size,
+        "notebook": spec["notebook"],
+        "class": spec["cls"],
+        "model": spec["model"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "steps": len(first.step) + len(second.step),
+        "batch_size": spec["batch_size"],
+        "lr": spec["lr"],
+        "lr_schedule": f"x0.1 after step {decay_at}",
+        "train_data": data.format(**TRAIN),
+        "eval_data": data.format(**INSTANCE_EVAL),
+        "train_seconds": round(seconds, 1),
+        "final_loss": round(second.smoothed_loss()[-1], 5),
+        **{key: round(value, 5) for key, value in scores.items()},
+        "command": "python " + " ".join(shlex.quote(a) for a in ["scripts/train_checkpoints.py", *sys.argv[1:]]),
+    }
+
+
 def train_one(name: str, out: Path, steps: int | None, device) -> dict:
     spec = CHECKPOINTS[name]
+    if spec.get("task") == "instance":
+        return train_instance(name, out, steps, device)
     steps = steps or spec["steps"]
     seed_everything(0)
     model = model_factory(name)

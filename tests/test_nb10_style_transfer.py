@@ -1,0 +1,408 @@
+"""Notebook 10's test cells: independent correct implementations earn every point, and each
+common mistake (Gram over the wrong axis, a missing normalisation, the batch mixed into the Gram,
+content loss on the wrong layer, ...) fails the hidden test cell with a message that says what
+differs.
+
+The test cells (visible and hidden) are run by ``checks.run_test_cells`` against the references
+in ``autograder/references/10_style_transfer`` (recorded by ``segcourse references``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `checks`, however pytest is run
+
+from checks import REPO, notebook_cells, run_test_cells, solution_namespace  # noqa: E402
+
+NOTEBOOK = "10_style_transfer"
+
+
+# --------------------------------------------------------------------------------------------
+# Independent correct implementations (written from the docstrings)
+# --------------------------------------------------------------------------------------------
+
+# gram_matrix
+
+
+def einsum_gram(features):
+    h, w = features.shape[-2:]
+    return torch.einsum("nchw,ndhw->ncd", features, features) / (h * w)
+
+
+def outer_product_mean_gram(features):
+    """The average over positions of the outer product of the feature vectors."""
+    flat = features.flatten(2)  # (N, C, M)
+    return (flat[:, :, None, :] * flat[:, None, :, :]).mean(-1)
+
+
+def per_image_loop_gram(features):
+    grams = []
+    for image in features:
+        flat = image.reshape(image.shape[0], -1)
+        grams.append(torch.mm(flat, flat.t()).div(flat.shape[1]))
+    return torch.stack(grams)
+
+
+# content_loss
+
+
+def mse_content_loss(features, targets, layer):
+    return F.mse_loss(features[layer], targets[layer])
+
+
+def norm_content_loss(features, targets, layer):
+    difference = features[layer] - targets[layer]
+    return torch.linalg.vector_norm(difference) ** 2 / difference.numel()
+
+
+# style_loss
+
+
+def mse_style_loss(features, target_grams, layers, weights=None):
+    weights = [1 / len(layers)] * len(layers) if weights is None else list(weights)
+    terms = [F.mse_loss(einsum_gram(features[name]), target_grams[name]) for name in layers]
+    return sum(weight * term for weight, term in zip(weights, terms, strict=True))
+
+
+def stacked_style_loss(features, target_grams, layers, weights=None):
+    w = torch.full((len(layers),), 1 / len(layers)) if weights is None else torch.tensor(weights)
+    terms = torch.stack([
+        (per_image_loop_gram(features[name]) - target_grams[name]).square().sum()
+        / target_grams[name].numel()
+        for name in layers
+    ])
+    return (w.to(terms) * terms).sum()
+
+
+# total_variation
+
+
+def diff_total_variation(images):
+    total = images.new_zeros(())
+    for dim in (-2, -1):
+        steps = torch.diff(images, dim=dim)
+        if steps.numel():
+            total = total + steps.pow(2).mean()
+    return total
+
+
+def conv_total_variation(images):
+    n, c, h, w = images.shape
+    flat = images.reshape(n * c, 1, h, w)
+    total = images.new_zeros(())
+    if h > 1:
+        vertical = F.conv2d(flat, images.new_tensor([[[[-1.0], [1.0]]]]))
+        total = total + vertical.pow(2).sum() / vertical.numel()
+    if w > 1:
+        horizontal = F.conv2d(flat, images.new_tensor([[[[-1.0, 1.0]]]]))
+        total = total + horizontal.pow(2).sum() / horizontal.numel()
+    return total
+
+
+# local_gram
+
+
+def box_filter_local_gram(features, window):
+    """Window sums by convolution with a box of ones, divided by the number of pixels inside."""
+    n, c, h, w = features.shape
+    products = torch.einsum("nihw,njhw->nijhw", features, features).reshape(n * c * c, 1, h, w)
+    box = features.new_ones(1, 1, window, window)
+    sums = F.conv2d(products, box, padding=window // 2)
+    counts = F.conv2d(features.new_ones(1, 1, h, w), box, padding=window // 2)
+    return (sums / counts).reshape(n, c * c, h, w)
+
+
+def loop_local_gram(features, window):
+    n, c, h, w = features.shape
+    r = window // 2
+    out = features.new_zeros(n, c, c, h, w)
+    for y in range(h):
+        for x in range(w):
+            patch = features[:, :, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].flatten(2)
+            out[..., y, x] = patch @ patch.transpose(1, 2) / patch.shape[-1]
+    return out.reshape(n, c * c, h, w)
+
+
+CORRECT = [
+    ("gram_matrix", einsum_gram),
+    ("gram_matrix", outer_product_mean_gram),
+    ("gram_matrix", per_image_loop_gram),
+    ("content_loss", mse_content_loss),
+    ("content_loss", norm_content_loss),
+    ("style_loss", mse_style_loss),
+    ("style_loss", stacked_style_loss),
+    ("total_variation", diff_total_variation),
+    ("total_variation", conv_total_variation),
+    ("local_gram", box_filter_local_gram),
+    ("local_gram", loop_local_gram),
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "implementation"), CORRECT, ids=[impl.__name__ for _, impl in CORRECT]
+)
+def test_correct_implementation_passes_every_test_cell(function, implementation):
+    outcome = run_test_cells(NOTEBOOK, function, implementation)
+    assert set(outcome) == {f"test_{function}", f"hidden_{function}"}
+    failed = {grade_id: message for grade_id, message in outcome.items() if message}
+    assert not failed, failed
+
+
+# --------------------------------------------------------------------------------------------
+# Common mistakes
+# --------------------------------------------------------------------------------------------
+
+# gram_matrix
+
+
+def gram_over_positions(features):  # the wrong axis: (N, HW, HW)
+    flat = features.flatten(2)
+    return flat.transpose(1, 2) @ flat / flat.shape[1]
+
+
+def gram_reshaped_without_permute(features):  # (N, HW, C) by reshape, not by permute
+    n, c, h, w = features.shape
+    flat = features.reshape(n, h * w, c)
+    return flat.transpose(1, 2) @ flat / (h * w)
+
+
+def gram_not_normalised(features):
+    return einsum_gram(features) * features.shape[-2] * features.shape[-1]
+
+
+def gram_normalised_by_chw(features):
+    return einsum_gram(features) / features.shape[1]
+
+
+def gram_batch_into_positions(features):  # one Gram for the whole batch, repeated per image
+    n, c = features.shape[:2]
+    flat = features.transpose(0, 1).reshape(c, -1)
+    return (flat @ flat.T / (flat.shape[1] / n) / n).expand(n, c, c)
+
+
+def gram_batch_into_channels(features):  # the tutorial's (N*C, HW) with batch size > 1
+    n, c, h, w = features.shape
+    flat = features.reshape(n * c, h * w)
+    return flat @ flat.T / (n * c * h * w)
+
+
+def gram_centred(features):  # a covariance, not a Gram matrix
+    flat = features.flatten(2)
+    flat = flat - flat.mean(-1, keepdim=True)
+    return flat @ flat.transpose(1, 2) / flat.shape[-1]
+
+
+# content_loss
+
+
+def content_first_layer(features, targets, layer):
+    first = next(iter(features))
+    return F.mse_loss(features[first], targets[first])
+
+
+def content_last_layer(features, targets, layer):
+    last = list(features)[-1]
+    return F.mse_loss(features[last], targets[last])
+
+
+def content_sum(features, targets, layer):
+    return (features[layer] - targets[layer]).pow(2).sum()
+
+
+def content_not_squared(features, targets, layer):
+    return (features[layer] - targets[layer]).abs().mean()
+
+
+def content_all_layers(features, targets, layer):
+    return sum(F.mse_loss(features[name], targets[name]) for name in features) / len(features)
+
+
+# style_loss
+
+
+def style_unnormalised_gram(features, target_grams, layers, weights=None):
+    return mse_style_loss(
+        {name: f * (f.shape[-2] * f.shape[-1]) ** 0.5 for name, f in features.items()},
+        target_grams, layers, weights,
+    )
+
+
+def style_batch_mixed(features, target_grams, layers, weights=None):
+    weights = [1 / len(layers)] * len(layers) if weights is None else weights
+    total = 0.0
+    for name, weight in zip(layers, weights, strict=True):
+        gram = gram_batch_into_positions(features[name])[:1]  # one (1, C, C), broadcast
+        total = total + weight * (gram - target_grams[name]).pow(2).mean()
+    return total
+
+
+def style_summed_over_layers(features, target_grams, layers, weights=None):
+    return mse_style_loss(features, target_grams, layers, [1.0] * len(layers) if weights is None else weights)
+
+
+def style_weights_ignored(features, target_grams, layers, weights=None):
+    return mse_style_loss(features, target_grams, layers)
+
+
+def style_sum_of_squares(features, target_grams, layers, weights=None):
+    weights = [1 / len(layers)] * len(layers) if weights is None else weights
+    return sum(w * (einsum_gram(features[n]) - target_grams[n]).pow(2).sum()
+               for n, w in zip(layers, weights, strict=True))
+
+
+def style_every_layer(features, target_grams, layers, weights=None):
+    names = list(features)
+    return mse_style_loss(features, target_grams, names, None if weights is None else
+                          [weights[layers.index(n)] if n in layers else 1.0 for n in names])
+
+
+# total_variation
+
+
+def tv_absolute(images):
+    return sum(torch.diff(images, dim=d).abs().mean() for d in (-2, -1) if images.shape[d] > 1)
+
+
+def tv_wrap_around(images):
+    return sum((images - images.roll(1, d)).pow(2).mean() for d in (-2, -1))
+
+
+def tv_one_direction(images):
+    steps = torch.diff(images, dim=-1)
+    return steps.pow(2).mean() if steps.numel() else images.new_zeros(())
+
+
+def tv_no_empty_guard(images):
+    return torch.diff(images, dim=-2).pow(2).mean() + torch.diff(images, dim=-1).pow(2).mean()
+
+
+def tv_sum(images):
+    return sum(torch.diff(images, dim=d).pow(2).sum() for d in (-2, -1))
+
+
+def tv_one_mean(images):  # both directions in one mean over all pairs
+    v, h = torch.diff(images, dim=-2), torch.diff(images, dim=-1)
+    return (v.pow(2).sum() + h.pow(2).sum()) / max(1, v.numel() + h.numel())
+
+
+# local_gram
+
+
+def local_gram_zero_padding(features, window):
+    n, c, h, w = features.shape
+    products = (features[:, :, None] * features[:, None]).reshape(n, c * c, h, w)
+    return F.avg_pool2d(products, window, stride=1, padding=window // 2, count_include_pad=True)
+
+
+def local_gram_sum(features, window):
+    n, c, h, w = features.shape
+    products = (features[:, :, None] * features[:, None]).reshape(n, c * c, h, w)
+    return F.conv2d(products.reshape(-1, 1, h, w), features.new_ones(1, 1, window, window),
+                    padding=window // 2).reshape(n, c * c, h, w)
+
+
+def local_gram_product_of_means(features, window):
+    n, c, h, w = features.shape
+    means = F.avg_pool2d(features, window, stride=1, padding=window // 2, count_include_pad=False)
+    return (means[:, :, None] * means[:, None]).reshape(n, c * c, h, w)
+
+
+def local_gram_window_as_radius(features, window):
+    return box_filter_local_gram(features, 2 * window + 1)
+
+
+MUTANTS = {
+    "gram_matrix": [
+        gram_over_positions,
+        gram_reshaped_without_permute,
+        gram_not_normalised,
+        gram_normalised_by_chw,
+        gram_batch_into_positions,
+        gram_batch_into_channels,
+        gram_centred,
+    ],
+    "content_loss": [
+        content_first_layer,
+        content_last_layer,
+        content_sum,
+        content_not_squared,
+        content_all_layers,
+    ],
+    "style_loss": [
+        style_unnormalised_gram,
+        style_batch_mixed,
+        style_summed_over_layers,
+        style_weights_ignored,
+        style_sum_of_squares,
+        style_every_layer,
+    ],
+    "total_variation": [
+        tv_absolute,
+        tv_wrap_around,
+        tv_one_direction,
+        tv_no_empty_guard,
+        tv_sum,
+        tv_one_mean,
+    ],
+    "local_gram": [
+        local_gram_zero_padding,
+        local_gram_sum,
+        local_gram_product_of_means,
+        local_gram_window_as_radius,
+    ],
+}
+MUTANT_CASES = [(function, mutant) for function, table in MUTANTS.items() for mutant in table]
+
+
+@pytest.mark.parametrize(
+    ("function", "mutant"), MUTANT_CASES, ids=[mutant.__name__ for _, mutant in MUTANT_CASES]
+)
+def test_common_mistake_fails_the_hidden_tests(function, mutant):
+    outcome = run_test_cells(NOTEBOOK, function, mutant)
+    assert outcome[f"hidden_{function}"], f"{mutant.__name__} passed the hidden tests"
+    failures = [message for message in outcome.values() if message]
+    words = ("expected", "differ", "NaN", "Error")  # the message says what is wrong
+    assert all(any(word in m for word in words) for m in failures), failures
+
+
+def test_unimplemented_function_fails_every_cell():
+    def not_implemented(*args, **kwargs):
+        raise NotImplementedError()
+
+    for function in MUTANTS:
+        outcome = run_test_cells(NOTEBOOK, function, not_implemented)
+        assert all(message for message in outcome.values()), (function, outcome)
+
+
+# --------------------------------------------------------------------------------------------
+# The notebook's copy of notebook 05's UNet still fits the shipped checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def test_unet_copy_matches_notebook_05_and_the_checkpoint():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from train_checkpoints import model_factory
+
+    from segcourse.checkpoints import checkpoint_info, load_checkpoint
+
+    original = model_factory("unet_shapes").state_dict()
+    namespace = solution_namespace(NOTEBOOK, "gram_matrix")  # the setup cell's names
+    cells = [c for c in notebook_cells(NOTEBOOK) if c["cell_type"] == "code"]
+    source = next("".join(c["source"]) for c in cells if "class UNet(nn.Module)" in "".join(c["source"]))
+    definitions = source.split("random_net = ")[0]  # the classes, not the cell's instances
+    exec(compile(definitions, f"{NOTEBOOK}:classes", "exec"), namespace)
+    copy = namespace["UNet"](**checkpoint_info("unet_shapes")["model"])
+    assert {k: tuple(v.shape) for k, v in copy.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in original.items()
+    }
+    load_checkpoint("unet_shapes", copy)  # strict: raises if it no longer fits
+    encoder = namespace["EncoderFeatures"](copy)
+    shapes = {k: tuple(v.shape) for k, v in encoder(torch.rand(1, 3, 64, 64)).items()}
+    assert shapes == {"down0": (1, 16, 64, 64), "down1": (1, 32, 32, 32),
+                      "down2": (1, 64, 16, 16), "bottleneck": (1, 128, 8, 8)}
