@@ -129,6 +129,68 @@ def loop_local_gram(features, window):
     return out.reshape(n, c * c, h, w)
 
 
+# Further readings from the student notebook (an independent review's implementations)
+
+
+def view_bmm_gram(features):
+    n, c, h, w = features.shape
+    flat = features.view(n, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)).div(h * w)
+
+
+def double_precision_gram(features):  # computed in float64, returned in the input's dtype
+    n, c, h, w = features.shape
+    flat = features.double().reshape(n, c, -1)
+    return (flat @ flat.transpose(1, 2) / (h * w)).to(features.dtype)
+
+
+def per_image_mean_content_loss(features, targets, layer):  # equal-sized images: the same mean
+    return (features[layer] - targets[layer].detach()).pow(2).mean(dim=(1, 2, 3)).mean()
+
+
+def weight_dict_style_loss(features, target_grams, layers, weights=None):
+    weights = dict.fromkeys(layers, 1 / len(layers)) if weights is None else dict(zip(layers, weights))
+    return torch.stack([
+        weights[name] * (outer_product_mean_gram(features[name]) - target_grams[name]).pow(2).mean()
+        for name in layers
+    ]).sum()
+
+
+def nan_to_num_total_variation(images):  # the mean of no pairs is NaN; NaN -> 0
+    return sum(torch.nan_to_num(torch.diff(images, dim=d).pow(2).mean()) for d in (2, 3))
+
+
+def slicing_total_variation(images):  # a missing term as torch.tensor(0.0)
+    x = images
+    vertical = (x[:, :, 1:] - x[:, :, :-1]).pow(2).mean() if x.shape[2] > 1 else torch.tensor(0.0)
+    horizontal = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).mean() if x.shape[3] > 1 else torch.tensor(0.0)
+    return vertical + horizontal
+
+
+def unfold_local_gram(features, window):
+    n, c, h, w = features.shape
+    r = window // 2
+    patches = F.unfold(features, window, padding=r).reshape(n, c, window * window, h * w)
+    inside = F.unfold(features.new_ones(1, 1, h, w), window, padding=r).sum(1)  # (1, HW)
+    grams = torch.einsum("nikp,njkp->nijp", patches, patches) / inside
+    return grams.reshape(n, c * c, h, w)
+
+
+def integral_image_local_gram(features, window):
+    n, c, h, w = features.shape
+    r = window // 2
+    products = (features.unsqueeze(2) * features.unsqueeze(1)).reshape(n, c * c, h, w)
+
+    def box(x):  # sums over the window clipped to the image, from a summed-area table
+        table = F.pad(x.cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+        ys, xs = torch.arange(h), torch.arange(w)
+        y0, y1 = (ys - r).clamp(min=0)[:, None], (ys + r + 1).clamp(max=h)[:, None]
+        x0, x1 = (xs - r).clamp(min=0), (xs + r + 1).clamp(max=w)
+        return table[..., y1, x1] - table[..., y0, x1] - table[..., y1, x0] + table[..., y0, x0]
+
+    return box(products) / box(features.new_ones(1, 1, h, w))
+
+
 CORRECT = [
     ("gram_matrix", einsum_gram),
     ("gram_matrix", outer_product_mean_gram),
@@ -141,6 +203,14 @@ CORRECT = [
     ("total_variation", conv_total_variation),
     ("local_gram", box_filter_local_gram),
     ("local_gram", loop_local_gram),
+    ("gram_matrix", view_bmm_gram),
+    ("gram_matrix", double_precision_gram),
+    ("content_loss", per_image_mean_content_loss),
+    ("style_loss", weight_dict_style_loss),
+    ("total_variation", nan_to_num_total_variation),
+    ("total_variation", slicing_total_variation),
+    ("local_gram", unfold_local_gram),
+    ("local_gram", integral_image_local_gram),
 ]
 
 
@@ -317,6 +387,108 @@ def local_gram_window_as_radius(features, window):
     return box_filter_local_gram(features, 2 * window + 1)
 
 
+# Further mistakes (an independent review): each fails a hidden cell
+
+
+def gram_detached(features):  # no gradient reaches the pixels
+    return einsum_gram(features.detach())
+
+
+def gram_under_no_grad(features):
+    with torch.no_grad():
+        return einsum_gram(features)
+
+
+def gram_always_float32(features):
+    return einsum_gram(features.float())
+
+
+def gram_unbiased(features):  # divides by H * W - 1
+    return einsum_gram(features) * features[0, 0].numel() / (features[0, 0].numel() - 1)
+
+
+def content_detached(features, targets, layer):
+    return F.mse_loss(features[layer].detach(), targets[layer])
+
+
+def content_half(features, targets, layer):  # Gatys' 1/2
+    return 0.5 * F.mse_loss(features[layer], targets[layer])
+
+
+def content_summed_over_batch(features, targets, layer):  # mean per image, summed over images
+    return (features[layer] - targets[layer]).pow(2).mean(dim=(1, 2, 3)).sum()
+
+
+def style_detached_gram(features, target_grams, layers, weights=None):
+    return mse_style_loss({name: f.detach() for name, f in features.items()}, target_grams, layers, weights)
+
+
+def style_weights_normalised(features, target_grams, layers, weights=None):
+    weights = [1.0] * len(layers) if weights is None else list(weights)
+    return mse_style_loss(features, target_grams, layers, [w / sum(weights) for w in weights])
+
+
+def style_weights_and_average(features, target_grams, layers, weights=None):
+    weights = [1.0] * len(layers) if weights is None else list(weights)
+    return mse_style_loss(features, target_grams, layers, [w / len(layers) for w in weights])
+
+
+def style_summed_over_batch(features, target_grams, layers, weights=None):
+    weights = [1 / len(layers)] * len(layers) if weights is None else weights
+    return sum(w * (einsum_gram(features[n]) - target_grams[n]).pow(2).mean(dim=(1, 2)).sum()
+               for n, w in zip(layers, weights, strict=True))
+
+
+def style_first_target(features, target_grams, layers, weights=None):  # every image against image 0
+    return mse_style_loss(features, {n: g[:1].expand_as(g) for n, g in target_grams.items()}, layers, weights)
+
+
+def tv_detached(images):
+    return diff_total_variation(images.detach())
+
+
+def tv_zero_padded(images):  # differences to a zero row and column past the border
+    padded = F.pad(images, (0, 1, 0, 1))
+    return sum(torch.diff(padded, dim=d)[..., : images.shape[-2], : images.shape[-1]].pow(2).mean()
+               for d in (-2, -1))
+
+
+def tv_isotropic(images):  # mean of dx^2 + dy^2 over the pixels that have both
+    x = images
+    return ((x[:, :, 1:, :-1] - x[:, :, :-1, :-1]).pow(2) + (x[:, :, :-1, 1:] - x[:, :, :-1, :-1]).pow(2)).mean()
+
+
+def tv_summed_over_batch(images):
+    return sum(torch.nan_to_num(torch.diff(images, dim=d).pow(2).mean(dim=(1, 2, 3))).sum() for d in (2, 3))
+
+
+def tv_python_zero(images):  # a plain 0.0 for a missing term: a float for a 1x1 image
+    x = images
+    vertical = (x[:, :, 1:] - x[:, :, :-1]).pow(2).mean() if x.shape[2] > 1 else 0.0
+    horizontal = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).mean() if x.shape[3] > 1 else 0.0
+    return vertical + horizontal
+
+
+def local_gram_replicate_padding(features, window):
+    n, c, h, w = features.shape
+    r = window // 2
+    products = (features[:, :, None] * features[:, None]).reshape(n, c * c, h, w)
+    return F.avg_pool2d(F.pad(products, (r, r, r, r), mode="replicate"), window, stride=1)
+
+
+def local_gram_anchored_window(features, window):  # the window starts at the pixel
+    n, c, h, w = features.shape
+    products = (features[:, :, None] * features[:, None]).reshape(n, c * c, h, w)
+    ones = features.new_ones(1, 1, h, w)
+    pad = (0, window - 1, 0, window - 1)
+    return F.avg_pool2d(F.pad(products, pad), window, stride=1) / F.avg_pool2d(F.pad(ones, pad), window, stride=1)
+
+
+def local_gram_batch_mixed(features, window):
+    out = box_filter_local_gram(features, window)
+    return out.mean(0, keepdim=True).expand_as(out)
+
+
 MUTANTS = {
     "gram_matrix": [
         gram_over_positions,
@@ -326,6 +498,10 @@ MUTANTS = {
         gram_batch_into_positions,
         gram_batch_into_channels,
         gram_centred,
+        gram_detached,
+        gram_under_no_grad,
+        gram_always_float32,
+        gram_unbiased,
     ],
     "content_loss": [
         content_first_layer,
@@ -333,6 +509,9 @@ MUTANTS = {
         content_sum,
         content_not_squared,
         content_all_layers,
+        content_detached,
+        content_half,
+        content_summed_over_batch,
     ],
     "style_loss": [
         style_unnormalised_gram,
@@ -341,6 +520,11 @@ MUTANTS = {
         style_weights_ignored,
         style_sum_of_squares,
         style_every_layer,
+        style_detached_gram,
+        style_weights_normalised,
+        style_weights_and_average,
+        style_summed_over_batch,
+        style_first_target,
     ],
     "total_variation": [
         tv_absolute,
@@ -349,12 +533,20 @@ MUTANTS = {
         tv_no_empty_guard,
         tv_sum,
         tv_one_mean,
+        tv_detached,
+        tv_zero_padded,
+        tv_isotropic,
+        tv_summed_over_batch,
+        tv_python_zero,
     ],
     "local_gram": [
         local_gram_zero_padding,
         local_gram_sum,
         local_gram_product_of_means,
         local_gram_window_as_radius,
+        local_gram_replicate_padding,
+        local_gram_anchored_window,
+        local_gram_batch_mixed,
     ],
 }
 MUTANT_CASES = [(function, mutant) for function, table in MUTANTS.items() for mutant in table]
