@@ -275,27 +275,19 @@ for host in ["127.0.0.1", "localhost", "::1"]:
 """
 
 EXHAUST = """
-import os, subprocess
-chunks = []
-try:
-    while True:
-        chunks.append(bytearray(2**30))
-except MemoryError:
-    print("memory stopped at", len(chunks), "GiB")
-finally:
-    del chunks
-children = []
-try:
-    for _ in range(2000):
-        children.append(subprocess.Popen(["sleep", "30"]))
-except OSError as error:
-    print("processes stopped at", len(children), error)
-for child in children:
-    child.kill()
+import subprocess, sys
+hog = subprocess.run([sys.executable, "-c", "x = []\\nwhile True:\\n    x.append(bytearray(2**30))"],
+                     capture_output=True, text=True)
+print("memory hog exited", hog.returncode, hog.stderr.strip().splitlines()[-1])
+bomb = subprocess.run([sys.executable, "-c", "import os, time\\nn = 0\\ntry:\\n    while True:\\n"
+                       "        if os.fork() == 0:\\n            time.sleep(2)\\n            os._exit(0)\\n"
+                       "        n += 1\\nexcept OSError as error:\\n    print('forks stopped at', n, error)"],
+                      capture_output=True, text=True)
+print(bomb.stdout.strip())
 try:
     with open("big.bin", "wb") as handle:
-        for _ in range(64):
-            handle.write(b"x" * 2**26)
+        for _ in range(16):
+            handle.write(b"x" * 2**24)
 except OSError as error:
     print("disk stopped:", error)
 """
@@ -394,7 +386,7 @@ def _grade(segcourse, submitted: Path, out: Path, env: dict) -> tuple[subprocess
     start = time.perf_counter()
     done = subprocess.run(
         segcourse + ["grade", str(submitted), "--jobs", "2", "--out", str(out), "--timeout", "20",
-                     "--wall", "240", "--memory", "6"],
+                     "--wall", "240", "--memory", "6", "--file-size", "64"],
         env=env, capture_output=True, text=True, timeout=2400,
     )
     return done, time.perf_counter() - start
@@ -609,6 +601,13 @@ def test_attacks_on_the_grader_earn_only_what_the_real_code_earns(graded, studen
     assert row["status"] == "ok", row
 
 
+def test_exhaustion_was_stopped_by_the_limits(graded):
+    notebook = graded["root"] / "autograder" / "autograded" / "exhaust" / NAME / f"{NAME}.ipynb"
+    printed = "".join(o.get("text", "") for o in nbformat.read(notebook, 4).cells[1].outputs)
+    assert "MemoryError" in printed and "forks stopped at" in printed, printed
+    assert "disk stopped: [Errno 27] File too large" in printed, printed
+
+
 def test_an_interrupt_ignoring_kernel_loses_only_the_cells_from_there_on(graded):
     row = graded["rows"]["deaf"]
     assert score(graded, "deaf") == _points_before("transposed_output_size"), row
@@ -643,13 +642,14 @@ def test_the_network_was_not_reachable(graded):
 
 def test_the_csv_is_what_the_run_wrote(graded):
     assert graded["csv"].read_bytes() == graded["csv_after_run"]
-    assert b"later" not in graded["csv_after_run"]
+    assert b"later,04_transposed_conv,99" not in graded["csv_after_run"]
 
 
 def test_nothing_outside_the_autograded_folder_changed(graded):
     for name, folder in graded["protected"].items():
         assert _digest(folder) == graded["protected_before"][name], name
-    leftovers = list((graded["root"] / "autograder" / ".grading").glob("*"))
+    scratch = graded["root"] / "autograder" / ".grading"
+    leftovers = [p.name for p in scratch.iterdir() if p.name != ".lock"]
     assert leftovers == [], leftovers
 
 

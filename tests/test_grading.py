@@ -232,3 +232,16 @@ def test_canonical_inputs_are_reproducible():
 def test_outputs_on_other_types_are_explained(refs):
     with pytest.raises(CheckFailed, match="type object"):
         grading.check("04_transposed_conv.example", lambda **kw: object(), cases=CASES)
+
+
+def test_a_function_that_changes_its_inputs_in_place_is_judged_on_its_output(refs):
+    """Inputs are copied for the function: mutating them neither breaks the input fingerprint
+    (which would blame a stale reference) nor changes the next case."""
+    def mutating(x, weight, stride):
+        out = F.conv_transpose2d(x, weight, stride=stride)
+        x.zero_()
+        weight.mul_(2)
+        return out
+
+    grading.check("04_transposed_conv.example", mutating, cases=CASES)
+    assert float(CASES[0]["x"].abs().sum()) > 0

@@ -182,3 +182,36 @@ def test_limits_become_prlimit_flags():
     assert flags == ["--as=1073741824", "--nproc=8", "--fsize=1048576", "--cpu=9",
                      "--nofile=1024", "--core=0"]
     assert "--as=0" not in Limits(memory=0).prlimit_args()
+
+
+@needs_sandbox
+def test_ipc_sockets_work_from_a_long_course_path(tmp_path):
+    """The kernel's sockets live in a short folder: a Unix socket path may not exceed 107 bytes,
+    and courses live in long paths."""
+    import socket
+
+    deep = tmp_path / ("a-long-course-folder-name-" * 6) / "autograder" / ".grading" / "student"
+    sandbox = Sandbox(deep, slot=7).prepare([])
+    try:
+        assert len(str(sandbox.conn / "kernel-12345")) < 60
+        program = """
+import socket, time
+server = socket.socket(socket.AF_UNIX)
+server.bind("/run/kernel/probe")
+server.listen()
+connection, _ = server.accept()
+connection.sendall(b"hello from the sandbox")
+"""
+        inside = subprocess.Popen(sandbox.command([sys.executable, "-c", program]))
+        deadline = time.monotonic() + 60
+        while not (sandbox.conn / "probe").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(sandbox.conn / "probe"))
+        assert client.recv(100) == b"hello from the sandbox"
+        client.close()
+        inside.wait(timeout=30)
+        short = sandbox.conn
+    finally:
+        sandbox.close()
+    assert not short.exists() and not deep.exists()

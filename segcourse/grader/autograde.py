@@ -238,6 +238,7 @@ def _autograde_one(student: str, assignment: str, stage: Path, slots: _Slots, ba
                    SEGCOURSE_SANDBOX_SLOT=str(slot),
                    SEGCOURSE_LIMITS=json.dumps(asdict(options["limits"])),
                    SEGCOURSE_RELEASE_FILES=json.dumps([str(p) for p in files]),
+                   SEGCOURSE_THREADS=str(options["threads"]),
                    PYTHONUNBUFFERED="1")
         if options["timeout"]:
             env["SEGCOURSE_CELL_TIMEOUT"] = str(options["timeout"])
@@ -394,7 +395,10 @@ def _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root)
     notes = {pair: _stage(submitted, stage, *pair) for pair in pairs}
     _with_env_bin(os.environ)  # the gradebook is opened in this process too
     _ensure_in_gradebook({assignment for _, assignment in pairs})
-    options = dict(scratch=scratch_root, sandbox=sandbox, limits=limits, timeout=timeout)
+    # each kernel gets its share of the cores (or what OMP_NUM_THREADS says)
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    options = dict(scratch=scratch_root, sandbox=sandbox, limits=limits, timeout=timeout,
+                   threads=threads)
     slots, batch = _Slots(max(1, jobs)), _Batch()
     statuses = {}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None

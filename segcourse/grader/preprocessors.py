@@ -152,7 +152,7 @@ class SafeExecute(Execute):
         self.timeout_func = self._cell_timeout
         self._slot = slot = int(os.environ.get("SEGCOURSE_SANDBOX_SLOT", "0"))
         sandbox = Sandbox(scratch, slot=slot, limits=limits,
-                          threads=int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+                          threads=int(os.environ.get("SEGCOURSE_THREADS", "1") or 1))
         files = [Path(p) for p in json.loads(os.environ.get("SEGCOURSE_RELEASE_FILES", "[]"))]
         sandboxed = os.environ.get("SEGCOURSE_SANDBOX", "none") == "bwrap"
         if sandboxed:
