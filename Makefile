@@ -69,14 +69,15 @@ exchange:
 	mkdir -p "$(EXCHANGE)"
 	chmod 1777 "$(EXCHANGE)" 2>/dev/null || echo "could not chmod $(EXCHANGE): make it writable by the students"
 
-# Units and end-to-end tests in parallel (tests sharing an expensive fixture share a worker),
+# Units and end-to-end tests in parallel, a test file per worker (so a module's expensive fixture,
+# such as the autograding batch, runs once; xdist's loadgroup split parametrized tests of one group),
 # then every notebook with nbval (all cells of one notebook stay on one worker; notebooks/conftest.py
 # keeps nbval from losing a busy cell's output messages on a loaded machine).
 # One thread per test process: two pytest workers on two cores must not oversubscribe them.
 test: export OMP_NUM_THREADS = 1
 test: setup system
 	$(BIN)/python -m ruff check segcourse tests notebooks autograder/nbgrader_config.py
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup tests
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile --nbval-lax \
 		--nbval-kernel-startup-timeout 300 notebooks
 
