@@ -366,20 +366,11 @@ class _Listener:
         self.server.close()
 
 
-def _sandbox_processes() -> list[str]:
-    """Processes left running as any sandbox uid."""
-    from segcourse.grader.sandbox import SANDBOX_UID_BASE
+def _sandbox_processes() -> list[int]:
+    """Processes left running in sandboxes that no grader holds any more."""
+    from segcourse.grader.sandbox import orphaned_processes
 
-    left = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        uid = int(next(line for line in text.splitlines() if line.startswith("Uid:")).split()[1])
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 64:
-            left.append(f"{status.parent.name} uid {uid}")
-    return left
+    return orphaned_processes()
 
 
 def _grade(segcourse, submitted: Path, out: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:

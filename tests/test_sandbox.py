@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from segcourse.grader import autograde
-from segcourse.grader.sandbox import Limits, Sandbox, sandbox_problem
+from segcourse.grader.sandbox import (
+    Limits,
+    Sandbox,
+    claim_slot,
+    orphaned_processes,
+    sandbox_problem,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,13 +32,15 @@ needs_sandbox = pytest.mark.skipif(sandbox_problem() is not None and not os.envi
 
 
 def run_inside(tmp_path, program: str, limits: Limits | None = None, files=(), timeout=120):
-    sandbox = Sandbox(tmp_path / "scratch", slot=7, limits=limits or Limits()).prepare(list(files))
-    try:
-        done = subprocess.run(sandbox.command([sys.executable, "-c", program]),
-                              capture_output=True, text=True, timeout=timeout)
-        return done, sandbox
-    finally:
-        sandbox.close()
+    with claim_slot() as slot:
+        sandbox = Sandbox(tmp_path / "scratch", slot=slot, limits=limits or Limits())
+        sandbox.prepare(list(files))
+        try:
+            done = subprocess.run(sandbox.command([sys.executable, "-c", program]),
+                                  capture_output=True, text=True, timeout=timeout)
+            return done, sandbox
+        finally:
+            sandbox.close()
 
 
 @needs_sandbox
@@ -191,7 +199,7 @@ def test_ipc_sockets_work_from_a_long_course_path(tmp_path):
     import socket
 
     deep = tmp_path / ("a-long-course-folder-name-" * 6) / "autograder" / ".grading" / "student"
-    sandbox = Sandbox(deep, slot=7).prepare([])
+    sandbox = Sandbox(deep, slot=250).prepare([])
     try:
         assert len(str(sandbox.conn / "kernel-12345")) < 60
         program = """
@@ -215,3 +223,26 @@ connection.sendall(b"hello from the sandbox")
     finally:
         sandbox.close()
     assert not short.exists() and not deep.exists()
+
+
+def test_two_graders_never_share_a_slot():
+    with claim_slot() as first, claim_slot() as second:
+        assert first != second
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandbox uids exist only when grading as root")
+@needs_sandbox
+def test_a_process_left_in_a_released_slot_is_an_orphan(tmp_path):
+    with claim_slot() as slot:
+        sandbox = Sandbox(tmp_path / "scratch", slot=slot).prepare([])
+        # a process with the sandbox's uid outside any sandbox: what a grader killed outright leaves
+        stray = subprocess.Popen(["setpriv", f"--reuid={sandbox.uid}", f"--regid={sandbox.uid}",
+                                  "--clear-groups", "sleep", "60"])
+        time.sleep(0.5)
+        assert stray.pid not in orphaned_processes()  # its slot is held: not an orphan
+    try:
+        assert stray.pid in orphaned_processes()
+    finally:
+        stray.kill()
+        stray.wait()
+        sandbox.close()

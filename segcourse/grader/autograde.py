@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..verify import MANIFEST, load_manifest
 from .course import check_ids_in_notebook, course_dir, find_notebooks
-from .sandbox import Limits, Sandbox, sandbox_problem
+from .sandbox import Limits, Sandbox, claim_slot, orphaned_processes, sandbox_problem
 
 __all__ = ["release", "grade", "GradeRow", "write_csv", "format_table", "copy_visible_references"]
 
@@ -168,11 +168,13 @@ def _stage(submitted: Path, stage: Path, student: str, assignment: str) -> str:
 
 
 class _Slots:
-    """Sandbox slots 0..jobs-1: each running submission has its own uid and scratch."""
+    """``jobs`` sandbox slots claimed on this machine for the batch: each running submission
+    has its own uid and scratch, and no other grader uses them meanwhile."""
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, stack: ExitStack):
+        self.claimed = [stack.enter_context(claim_slot()) for _ in range(jobs)]
         self._free: queue.Queue[int] = queue.Queue()
-        for slot in range(jobs):
+        for slot in self.claimed:
             self._free.put(slot)
 
     def take(self) -> int:
@@ -399,7 +401,9 @@ def _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root)
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // max(1, jobs)))
     options = dict(scratch=scratch_root, sandbox=sandbox, limits=limits, timeout=timeout,
                    threads=threads)
-    slots, batch = _Slots(max(1, jobs)), _Batch()
+    _kill_orphans()
+    stack = ExitStack()
+    slots, batch = _Slots(max(1, jobs), stack), _Batch()
     statuses = {}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
@@ -420,11 +424,22 @@ def _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        for slot in range(max(1, jobs)):
+        for slot in slots.claimed:
             Sandbox(scratch_root / "none", slot=slot).kill_leftovers()
+        stack.close()
         shutil.rmtree(stage, ignore_errors=True)
         _clean_stale(scratch_root)
     return _scores(pairs, statuses, notes, sandbox)
+
+
+def _kill_orphans() -> None:
+    """Processes a grader killed outright left in its sandboxes (their slots are free now)."""
+    if os.geteuid() == 0:
+        for pid in orphaned_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _main_thread() -> bool:

@@ -28,6 +28,7 @@ grader dies.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -35,13 +36,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Limits", "Sandbox", "SandboxUnavailable", "find_bwrap", "sandbox_problem",
-           "SANDBOX_UID_BASE"]
+           "SANDBOX_UID_BASE", "claim_slot", "orphaned_processes"]
 
 SANDBOX_UID_BASE = 61000  # uids 61000.. are used for sandboxes when the grader is root
+MAX_SLOTS = 256           # sandboxes that may run at once on this machine
+SLOT_LOCKS = Path("/tmp/segcourse-sandbox-slots")  # slot N is ours while we hold N.lock
 INSIDE_HOME = "/home/student"
 INSIDE_WORK = f"{INSIDE_HOME}/work"
 INSIDE_RESULTS = "/results"
@@ -79,6 +83,62 @@ class Limits:
             if value or flag == "--core":
                 args.append(f"{flag}={value}")
         return args
+
+
+@contextmanager
+def claim_slot():
+    """A sandbox slot (and so a uid) no other grader on this machine is using, held until the
+    block ends: two graders at once (two courses, or CI running two test files) never share a
+    uid, so cleaning up one never kills the other's kernels."""
+    SLOT_LOCKS.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for slot in range(MAX_SLOTS):
+        handle = open(SLOT_LOCKS / f"{slot}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield slot
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        return
+    raise SandboxUnavailable(f"all {MAX_SLOTS} sandbox slots are in use on this machine")
+
+
+def _slot_in_use(slot: int) -> bool:
+    path = SLOT_LOCKS / f"{slot}.lock"
+    if not path.exists():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _processes_by_uid() -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        found.setdefault(int(line.split()[1]), []).append(int(status.parent.name))
+    return found
+
+
+def orphaned_processes() -> list[int]:
+    """Processes running as a sandbox uid whose slot no grader holds: left behind."""
+    orphans = []
+    for uid, pids in _processes_by_uid().items():
+        slot = uid - SANDBOX_UID_BASE
+        if 0 <= slot < MAX_SLOTS and not _slot_in_use(slot):
+            orphans += pids
+    return sorted(orphans)
 
 
 def find_bwrap() -> str | None:
@@ -224,18 +284,12 @@ class Sandbox:
         if os.geteuid() != 0:
             return 0
         killed = 0
-        for status in Path("/proc").glob("[0-9]*/status"):
+        for pid in _processes_by_uid().get(self.uid, []):
             try:
-                uid_line = next(line for line in status.read_text().splitlines()
-                                if line.startswith("Uid:"))
-            except (OSError, StopIteration):
-                continue
-            if int(uid_line.split()[1]) == self.uid:
-                try:
-                    os.kill(int(status.parent.name), signal.SIGKILL)
-                    killed += 1
-                except ProcessLookupError:
-                    pass
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
         return killed
 
     # -- the command -------------------------------------------------------------------------
