@@ -186,6 +186,16 @@ def _labels_from_confusion(conf):
 def sklearn_segmentation_metrics(conf):
     num_classes = conf.shape[0]
     y_true, y_pred = _labels_from_confusion(conf)
+    if y_true.size == 0:  # no pixel at all: every value NaN (scikit-learn refuses empty input)
+        nan = math.nan
+        iou = torch.full((num_classes,), nan, dtype=torch.float64)
+        return {
+            "pixel_accuracy": nan,
+            "mean_accuracy": nan,
+            "mean_iou": nan,
+            "fw_iou": nan,
+            "iou": iou,
+        }
     in_truth = sorted(set(y_true.tolist()))
     with_union = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     iou = np.full(num_classes, np.nan)
@@ -212,11 +222,13 @@ def fcn_score_metrics(conf):
         acc_cls = np.nanmean(np.diag(hist) / hist.sum(1))
         iu = np.diag(hist) / (hist.sum(1) + hist.sum(0) - np.diag(hist))
     freq = hist.sum(1) / hist.sum()
+    # score.py sums over an empty set for an all-zero matrix (0.0); the docstring pins NaN
+    fw_iou = float((freq[freq > 0] * iu[freq > 0]).sum()) if hist.sum() > 0 else math.nan
     return {
         "pixel_accuracy": float(acc),
         "mean_accuracy": float(acc_cls),
         "mean_iou": float(np.nanmean(iu)),
-        "fw_iou": float((freq[freq > 0] * iu[freq > 0]).sum()),
+        "fw_iou": fw_iou,
         "iou": torch.as_tensor(iu, dtype=torch.float64),
     }
 
@@ -529,6 +541,303 @@ MUTANTS = {
     ],
 }
 MUTANT_CASES = [(function, mutant) for function, table in MUTANTS.items() for mutant in table]
+
+
+# --------------------------------------------------------------------------------------------
+# Review of the student release (regression cases): more readings of the docstrings that must
+# earn every point, and more mistakes that must lose some
+# --------------------------------------------------------------------------------------------
+
+
+def _clog(x):
+    return torch.log(x).clamp(min=-100)
+
+
+def flat_float64_cross_entropy(logits, target, ignore_index=255):
+    """Pixels as rows, boolean indexing, log_softmax in float64, cast back; 0 when all ignored."""
+    z = logits.double().movedim(1, -1).reshape(-1, logits.shape[1])
+    t = target.reshape(-1)
+    keep = t != ignore_index
+    z, t = z[keep], t[keep]
+    if t.numel() == 0:
+        return logits.sum() * 0.0
+    return (-torch.log_softmax(z, dim=1)[torch.arange(t.numel()), t].mean()).to(logits.dtype)
+
+
+def log1p_float64_weighted_bce(p_hat, p, beta):
+    q, t = p_hat.double(), p.double()
+    log_p = torch.maximum(torch.log(q), q.new_tensor(-100.0))
+    log_q = torch.maximum(torch.log1p(-q), q.new_tensor(-100.0))
+    return (-(beta * t * log_p + (1 - t) * log_q)).mean().to(p_hat.dtype)
+
+
+def log1p_float64_balanced_bce(p_hat, p, beta):
+    q, t = p_hat.double(), p.double()
+    log_p, log_q = torch.log(q).clamp(min=-100), torch.log1p(-q).clamp(min=-100)
+    return (-(beta * t * log_p + (1 - beta) * (1 - t) * log_q)).mean().to(p_hat.dtype)
+
+
+def two_sums_focal_loss(p_hat, p, alpha, gamma):
+    positive = -alpha * p * torch.pow(1 - p_hat, gamma) * _clog(p_hat)
+    negative = -(1 - alpha) * (1 - p) * torch.pow(p_hat, gamma) * _clog(1 - p_hat)
+    return (positive.sum() + negative.sum()) / p_hat.numel()
+
+
+def soft_counts_dice_loss(p_hat, p, smooth=1.0):
+    """2TP + FP + FN in the denominator (= sum p + sum p_hat), torch.where for the empty case."""
+    tp, fp, fn = (p * p_hat).sum(), ((1 - p) * p_hat).sum(), (p * (1 - p_hat)).sum()
+    denominator = 2 * tp + fp + fn + smooth
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(
+        denominator == 0, torch.zeros_like(denominator), 1 - (2 * tp + smooth) / safe
+    )
+
+
+def mixture_tversky_index(p_hat, p, beta):
+    """TP + b FP + (1 - b) FN = b sum(p_hat) + (1 - b) sum(p)."""
+    tp = (p * p_hat).sum()
+    denominator = beta * p_hat.sum() + (1 - beta) * p.sum()
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(denominator == 0, torch.ones_like(denominator), tp / safe)
+
+
+def bincount_confusion_matrix(pred, target, num_classes, ignore_index=255):
+    keep = target != ignore_index
+    index = target[keep] * num_classes + pred[keep]
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def python_loop_segmentation_metrics(conf):
+    c = conf.shape[0]
+    n = [[int(conf[i, j]) for j in range(c)] for i in range(c)]
+    truth = [sum(n[i]) for i in range(c)]
+    union = [truth[i] + sum(n[j][i] for j in range(c)) - n[i][i] for i in range(c)]
+    iou = [n[i][i] / union[i] if union[i] else math.nan for i in range(c)]
+    accuracy = [n[i][i] / truth[i] for i in range(c) if truth[i]]
+    defined = [v for v in iou if not math.isnan(v)]
+    total = sum(truth)
+    return {
+        "pixel_accuracy": sum(n[i][i] for i in range(c)) / total if total else math.nan,
+        "mean_accuracy": sum(accuracy) / len(accuracy) if accuracy else math.nan,
+        "mean_iou": sum(defined) / len(defined) if defined else math.nan,
+        "fw_iou": sum(truth[i] * iou[i] for i in range(c) if truth[i]) / total
+        if total
+        else math.nan,
+        "iou": torch.tensor(iou, dtype=torch.float64),
+    }
+
+
+REVIEW_CORRECT = [
+    ("cross_entropy", flat_float64_cross_entropy),
+    ("weighted_bce", log1p_float64_weighted_bce),
+    ("balanced_bce", log1p_float64_balanced_bce),
+    ("focal_loss", two_sums_focal_loss),
+    ("dice_loss", soft_counts_dice_loss),
+    ("tversky_index", mixture_tversky_index),
+    ("confusion_matrix", bincount_confusion_matrix),
+    ("segmentation_metrics", python_loop_segmentation_metrics),
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "implementation"),
+    REVIEW_CORRECT,
+    ids=[impl.__name__ for _, impl in REVIEW_CORRECT],
+)
+def test_review_reading_passes_every_test_cell(function, implementation):
+    outcome = run_test_cells(NOTEBOOK, function, implementation)
+    failed = {grade_id: message for grade_id, message in outcome.items() if message}
+    assert not failed, failed
+
+
+def log_of_softmax(logits, target, ignore_index=255):
+    valid = target != ignore_index
+    probs = torch.softmax(logits, dim=1)  # stable, but underflows to 0 before the log
+    picked = probs.gather(1, torch.where(valid, target, 0).unsqueeze(1)).squeeze(1)
+    return -(torch.log(picked) * valid).sum() / valid.sum().clamp(min=1)
+
+
+def cross_entropy_mean_of_image_means(logits, target, ignore_index=255):
+    losses = [
+        torch_cross_entropy(z[None], t[None], ignore_index)
+        for z, t in zip(logits, target, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
+def cross_entropy_mean_over_classes(logits, target, ignore_index=255):
+    valid = target != ignore_index
+    onehot = F.one_hot(torch.where(valid, target, 0), logits.shape[1]).movedim(-1, 1)
+    per_pixel = -(onehot * F.log_softmax(logits, dim=1)).mean(dim=1) * valid  # divides by C too
+    return per_pixel.sum() / valid.sum().clamp(min=1)
+
+
+def probability_clamped_weighted_bce(p_hat, p, beta):
+    q = p_hat.clamp(1e-7, 1 - 1e-7)  # log(1e-7) = -16, not the pinned -100
+    return -(beta * p * torch.log(q) + (1 - p) * torch.log(1 - q)).mean()
+
+
+def weight_normalised_weighted_bce(p_hat, p, beta):
+    weight = beta * p + (1 - p)
+    return F.binary_cross_entropy(p_hat, p, weight=weight, reduction="sum") / weight.sum()
+
+
+def binarised_target_weighted_bce(p_hat, p, beta):
+    return torch_weighted_bce(p_hat, (p > 0.5).to(p.dtype), beta)
+
+
+def probability_clamped_balanced_bce(p_hat, p, beta):
+    q = p_hat.clamp(1e-7, 1 - 1e-7)
+    return -(beta * p * torch.log(q) + (1 - beta) * (1 - p) * torch.log(1 - q)).mean()
+
+
+def beta_from_the_data_balanced_bce(p_hat, p, beta):
+    return torch_balanced_bce(p_hat, p, float(1 - p.float().mean()))  # the argument is ignored
+
+
+def binarised_target_balanced_bce(p_hat, p, beta):
+    return torch_balanced_bce(p_hat, (p > 0.5).to(p.dtype), beta)
+
+
+def probability_clamped_focal(p_hat, p, alpha, gamma):
+    return torch_focal_loss(p_hat.clamp(1e-7, 1 - 1e-7), p, alpha, gamma)
+
+
+def torchvision_p_t_focal(p_hat, p, alpha, gamma):
+    """torchvision's p_t / alpha_t form: the same for binary targets, not for soft ones."""
+    ce = -(p * _clog(p_hat) + (1 - p) * _clog(1 - p_hat))
+    p_t = p * p_hat + (1 - p) * (1 - p_hat)
+    alpha_t = alpha * p + (1 - alpha) * (1 - p)
+    return (alpha_t * (1 - p_t) ** gamma * ce).mean()
+
+
+def exp_log_power_focal(p_hat, p, alpha, gamma):
+    """(1 - p_hat)**gamma as exp(gamma * log(1 - p_hat)): 0**0 becomes NaN."""
+    positive = alpha * torch.exp(gamma * torch.log(1 - p_hat)) * p * _clog(p_hat)
+    negative = (1 - alpha) * torch.exp(gamma * torch.log(p_hat)) * (1 - p) * _clog(1 - p_hat)
+    return -(positive + negative).mean()
+
+
+def smooth_twice_in_denominator(p_hat, p, smooth=1.0):
+    total = p_hat.sum() + p.sum() + 2 * smooth
+    return p_hat.sum() * 0.0 if float(total) == 0 else 1 - (2 * (p_hat * p).sum() + smooth) / total
+
+
+def one_for_empty_masks(p_hat, p, smooth=1.0):
+    total = p_hat.sum() + p.sum() + smooth
+    return (
+        p_hat.sum() * 0.0 + 1.0
+        if float(total) == 0
+        else 1 - (2 * (p_hat * p).sum() + smooth) / total
+    )
+
+
+def epsilon_in_dice_denominator(p_hat, p, smooth=1.0):
+    return 1 - (2 * (p_hat * p).sum() + smooth) / (p_hat.sum() + p.sum() + smooth + 1e-6)
+
+
+def dice_coefficient_not_loss(p_hat, p, smooth=1.0):
+    return 1 - torch_dice_loss(p_hat, p, smooth)
+
+
+def thresholded_dice(p_hat, p, smooth=1.0):
+    return torch_dice_loss((p_hat > 0.5).to(p_hat.dtype), p, smooth)
+
+
+def tversky_smoothed(p_hat, p, beta):
+    tp = (p * p_hat).sum()
+    rest = beta * ((1 - p) * p_hat).sum() + (1 - beta) * (p * (1 - p_hat)).sum()
+    return (tp + 1) / (tp + rest + 1)
+
+
+def tversky_zero_when_empty(p_hat, p, beta):
+    return tversky_nan_when_empty(p_hat, p, beta).nan_to_num(0.0)
+
+
+def tversky_one_only_for_two_empty_masks(p_hat, p, beta):
+    """1.0 only when both masks are empty; the other zero denominators give NaN."""
+    if float(p.sum()) == 0 and float(p_hat.sum()) == 0:
+        return p_hat.new_ones(())
+    return tversky_nan_when_empty(p_hat, p, beta)
+
+
+def tversky_per_image(p_hat, p, beta):
+    return torch.stack(
+        [torch_tversky_index(a, b, beta) for a, b in zip(p_hat, p, strict=True)]
+    ).mean()
+
+
+def thresholded_tversky(p_hat, p, beta):
+    return torch_tversky_index((p_hat > 0.5).to(p_hat.dtype), p, beta)
+
+
+def float_confusion_matrix(pred, target, num_classes, ignore_index=255):
+    return scatter_confusion_matrix(pred, target, num_classes, ignore_index).double()
+
+
+def ignore_tested_on_prediction(pred, target, num_classes, ignore_index=255):
+    keep = pred != ignore_index
+    index = target[keep].clamp(max=num_classes - 1) * num_classes + pred[keep]
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def mean_accuracy_with_absent_as_zero(conf):
+    scores = fcn_score_metrics(conf)
+    hist = conf.double()
+    return {**scores, "mean_accuracy": float((hist.diag() / hist.sum(1).clamp(min=1)).mean())}
+
+
+def zero_for_an_all_zero_matrix(conf):
+    """Denominators clamped at 1 (a common idiom): 0.0 instead of NaN when there is no pixel."""
+    scores = python_loop_segmentation_metrics(conf)
+    if int(conf.sum()) == 0:
+        scores.update(pixel_accuracy=0.0, mean_accuracy=0.0, mean_iou=0.0, fw_iou=0.0)
+    return scores
+
+
+def fcn_score_py_verbatim(conf):
+    """score.py as published: its fw IU of an all-zero matrix is 0.0, not the pinned NaN."""
+    scores = fcn_score_metrics(conf)
+    return {**scores, "fw_iou": 0.0} if int(conf.sum()) == 0 else scores
+
+
+REVIEW_MUTANTS = [
+    ("cross_entropy", log_of_softmax),
+    ("cross_entropy", cross_entropy_mean_of_image_means),
+    ("cross_entropy", cross_entropy_mean_over_classes),
+    ("weighted_bce", probability_clamped_weighted_bce),
+    ("weighted_bce", weight_normalised_weighted_bce),
+    ("weighted_bce", binarised_target_weighted_bce),
+    ("balanced_bce", probability_clamped_balanced_bce),
+    ("balanced_bce", beta_from_the_data_balanced_bce),
+    ("balanced_bce", binarised_target_balanced_bce),
+    ("focal_loss", probability_clamped_focal),
+    ("focal_loss", torchvision_p_t_focal),
+    ("focal_loss", exp_log_power_focal),
+    ("dice_loss", smooth_twice_in_denominator),
+    ("dice_loss", one_for_empty_masks),
+    ("dice_loss", epsilon_in_dice_denominator),
+    ("dice_loss", dice_coefficient_not_loss),
+    ("dice_loss", thresholded_dice),
+    ("tversky_index", tversky_smoothed),
+    ("tversky_index", tversky_zero_when_empty),
+    ("tversky_index", tversky_one_only_for_two_empty_masks),
+    ("tversky_index", tversky_per_image),
+    ("tversky_index", thresholded_tversky),
+    ("confusion_matrix", float_confusion_matrix),
+    ("confusion_matrix", ignore_tested_on_prediction),
+    ("segmentation_metrics", mean_accuracy_with_absent_as_zero),
+    ("segmentation_metrics", zero_for_an_all_zero_matrix),
+    ("segmentation_metrics", fcn_score_py_verbatim),
+]
+
+
+@pytest.mark.parametrize(
+    ("function", "mutant"), REVIEW_MUTANTS, ids=[mutant.__name__ for _, mutant in REVIEW_MUTANTS]
+)
+def test_review_mistake_fails_the_hidden_tests(function, mutant):
+    outcome = run_test_cells(NOTEBOOK, function, mutant)
+    assert outcome[f"hidden_{function}"], f"{mutant.__name__} passed the hidden tests"
 
 
 @pytest.mark.parametrize(

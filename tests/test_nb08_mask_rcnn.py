@@ -306,6 +306,256 @@ def nearest_paste(masks, boxes, height, width):
 
 
 # --------------------------------------------------------------------------------------------
+# A review's readings (written from the released student notebook only) and more mistakes
+# --------------------------------------------------------------------------------------------
+
+
+def _areas_and_overlap(a, b):
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return area_a[:, None], area_b[None, :], rb - lt
+
+
+def guarded_union_box_iou(a, b):  # the union clamped away from 0 (defensive code)
+    area_a, area_b, wh = _areas_and_overlap(a, b)
+    inter = wh.clamp(min=0).prod(-1)
+    return inter / (area_a + area_b - inter).clamp(min=1e-9)
+
+
+def smaller_area_box_iou(a, b):  # intersection over the smaller box
+    area_a, area_b, wh = _areas_and_overlap(a, b)
+    return wh.clamp(min=0).prod(-1) / torch.minimum(area_a, area_b)
+
+
+def float32_box_iou(a, b):  # the dtype of the inputs dropped
+    return torchvision.ops.box_iou(a.float(), b.float())
+
+
+def suppression_mask_nms(boxes, scores, iou_threshold):  # each kept box deletes its neighbours
+    removed = torch.zeros(len(boxes), dtype=torch.bool)
+    keep = []
+    for i in torch.argsort(scores, descending=True, stable=True).tolist():
+        if not removed[i]:
+            keep.append(i)
+            removed |= torchvision.ops.box_iou(boxes[i : i + 1], boxes)[0] > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def suppressed_boxes_suppress_nms(boxes, scores, iou_threshold):  # deleted boxes still delete others
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    iou = torchvision.ops.box_iou(boxes, boxes)
+    keep = [i for r, i in enumerate(order) if all(iou[i, k] <= iou_threshold for k in order[:r])]
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def int32_nms(boxes, scores, iou_threshold):
+    return torchvision.ops.nms(boxes, scores, iou_threshold).to(torch.int32)
+
+
+def float_when_empty_nms(boxes, scores, iou_threshold):  # torch.tensor([]) is float32
+    keep = torchvision.ops.nms(boxes, scores, iou_threshold).tolist()
+    return torch.tensor(keep) if keep else torch.tensor([])
+
+
+def _axis_weights(start, bin_size, bins, samples, size, dtype):
+    """(bins, size): each bin's bilinear weights along one axis, its samples averaged (torchvision's borders)."""
+    q = torch.arange(bins, dtype=dtype)[:, None]
+    s = torch.arange(samples, dtype=dtype)[None, :]
+    pos = (start + (q + (s + 0.5) / samples) * bin_size).reshape(-1)
+    valid = ((pos >= -1) & (pos <= size)).to(dtype)
+    pos = pos.clamp(min=0)
+    low = pos.floor().long()
+    top = low >= size - 1
+    low = torch.where(top, torch.full_like(low, size - 1), low)
+    high = torch.where(top, low, low + 1)
+    frac = torch.where(top, torch.zeros_like(pos), pos - low.to(dtype))
+    weights = torch.zeros(len(pos), size, dtype=dtype)
+    weights.scatter_add_(1, low[:, None], ((1 - frac) * valid)[:, None])
+    weights.scatter_add_(1, high[:, None], (frac * valid)[:, None])
+    return weights.reshape(bins, samples, size).mean(1)
+
+
+def separable_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True,
+                        samples=None, offset=None, widen=None):
+    """W_y F W_x^T per box, as the exercise suggests; ``samples(h, w)`` gives per-axis sample counts."""
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    height, width = features.shape[-2:]
+    offset = (0.5 if aligned else 0.0) if offset is None else offset
+    widen = (not aligned) if widen is None else widen
+    out = features.new_zeros(len(boxes), features.shape[1], oh, ow)
+    for k, (b, x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        x1, y1, x2, y2 = (v * spatial_scale - offset for v in (x1, y1, x2, y2))
+        h, w = (max(y2 - y1, 1.0), max(x2 - x1, 1.0)) if widen else (y2 - y1, x2 - x1)
+        sy, sx = (sampling_ratio, sampling_ratio) if samples is None else samples(h, w)
+        wy = _axis_weights(y1, h / oh, oh, sy, height, features.dtype)
+        wx = _axis_weights(x1, w / ow, ow, sx, width, features.dtype)
+        out[k] = torch.einsum("ph,chw,qw->cpq", wy, features[int(b)], wx)
+    return out
+
+
+def clamped_grid_sample_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2,
+                                  aligned=True, valid_from=-1.0, valid_margin=0.0, pool=F.avg_pool2d):
+    """Samples clamped into the map, read with align_corners=True, zeroed outside [-1, H] x [-1, W]."""
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
+    r, (height, width) = sampling_ratio, features.shape[-2:]
+    out = []
+    for b, x1, y1, x2, y2 in boxes.tolist():
+        x1, y1, x2, y2 = (v * spatial_scale - (0.5 if aligned else 0.0) for v in (x1, y1, x2, y2))
+        h, w = (y2 - y1, x2 - x1) if aligned else (max(y2 - y1, 1.0), max(x2 - x1, 1.0))
+        ys = y1 + (torch.arange(oh * r, dtype=features.dtype) + 0.5) * h / (oh * r)
+        xs = x1 + (torch.arange(ow * r, dtype=features.dtype) + 0.5) * w / (ow * r)
+        valid_y = ((ys >= valid_from) & (ys <= height - valid_margin)).to(features.dtype)
+        valid_x = ((xs >= valid_from) & (xs <= width - valid_margin)).to(features.dtype)
+        gy, gx = torch.meshgrid(ys.clamp(0, height - 1) / (height - 1) * 2 - 1,
+                                xs.clamp(0, width - 1) / (width - 1) * 2 - 1, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1)[None]
+        samples = F.grid_sample(features[int(b)][None], grid, align_corners=True)[0]
+        out.append(pool(samples * valid_y[:, None] * valid_x[None, :], r))
+    return torch.stack(out) if out else features.new_zeros(0, features.shape[1], oh, ow)
+
+
+def offset_in_image_pixels_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    """(x - 0.5) * scale instead of x * scale - 0.5: half an image pixel, not half a feature cell."""
+    if not aligned:
+        return separable_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, False)
+    shifted = torch.cat([boxes[:, :1], boxes[:, 1:] - 0.5], dim=1)
+    return separable_roi_align(features, shifted, output_size, spatial_scale, sampling_ratio, offset=0.0, widen=False)
+
+
+def unwidened_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    return separable_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned, widen=False)
+
+
+def widened_aligned_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    return separable_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned, widen=True)
+
+
+def first_image_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes[:, 1:]], dim=1)
+    return torchvision.ops.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def inside_only_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    """Samples outside [0, H - 1] x [0, W - 1] are 0 (no one-pixel margin)."""
+    return clamped_grid_sample_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                                         valid_from=0.0, valid_margin=1.0)
+
+
+def max_pooled_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    return clamped_grid_sample_roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned,
+                                         pool=F.max_pool2d)
+
+
+def float32_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=2, aligned=True):
+    return torchvision.ops.roi_align(features.float(), boxes.float(), output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def _rois(boxes):
+    return torch.cat([torch.arange(len(boxes), dtype=boxes.dtype)[:, None], boxes], dim=1)
+
+
+def adaptive_roi_align_mask_targets(gt_masks, boxes, size):  # torchvision's roi_align, sampling_ratio=0
+    return torchvision.ops.roi_align(gt_masks[:, None].to(boxes.dtype), _rois(boxes), size, 1.0, 0, False)[:, 0]
+
+
+def separable_mask_targets(gt_masks, boxes, size, samples=None):
+    samples = samples or (lambda h, w: (math.ceil(h / size), math.ceil(w / size)))
+    return separable_roi_align(gt_masks[:, None].to(boxes.dtype), _rois(boxes), size, 1.0, 0, False,
+                               samples=samples)[:, 0]
+
+
+def one_ratio_mask_targets(gt_masks, boxes, size):  # max(ceil(h / M), ceil(w / M)) on both axes
+    return separable_mask_targets(gt_masks, boxes, size, lambda h, w: (max(math.ceil(h / size), math.ceil(w / size)),) * 2)
+
+
+def rounded_ratio_mask_targets(gt_masks, boxes, size):  # round(h / M) instead of ceil
+    return separable_mask_targets(gt_masks, boxes, size, lambda h, w: (max(round(h / size), 1), max(round(w / size), 1)))
+
+
+def thresholded_mask_targets(gt_masks, boxes, size):
+    return (adaptive_roi_align_mask_targets(gt_masks, boxes, size) >= 0.5).to(boxes.dtype)
+
+
+def inclusive_box_mask_targets(gt_masks, boxes, size):  # x2 + 1: the box read as pixel-inclusive
+    return adaptive_roi_align_mask_targets(gt_masks, boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes.dtype), size)
+
+
+def float32_mask_targets(gt_masks, boxes, size):  # gt_masks.float(): the dtype of boxes dropped
+    return adaptive_roi_align_mask_targets(gt_masks.float(), boxes.float(), size)
+
+
+def padded_mask_paste(masks, boxes, height, width):
+    """A ring of zeros around the mask, then align_corners=True sampling of the padded mask."""
+    padded, out = F.pad(masks, (1, 1, 1, 1)), []
+    mh, mw = masks.shape[-2:]
+    for mask, (x1, y1, x2, y2) in zip(padded, boxes.tolist(), strict=True):
+        u = ((torch.arange(width, dtype=masks.dtype) - x1) * mw / (x2 - x1) + 0.5).clamp(0, mw + 1)
+        v = ((torch.arange(height, dtype=masks.dtype) - y1) * mh / (y2 - y1) + 0.5).clamp(0, mh + 1)
+        gy, gx = torch.meshgrid(v / (mh + 1) * 2 - 1, u / (mw + 1) * 2 - 1, indexing="ij")
+        out.append(F.grid_sample(mask[None, None], torch.stack([gx, gy], -1)[None], align_corners=True)[0, 0])
+    return torch.stack(out) if out else masks.new_zeros(0, height, width)
+
+
+def align_corners_paste(masks, boxes, height, width):
+    out = []
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.tolist(), strict=True):
+        gy, gx = torch.meshgrid((torch.arange(height, dtype=masks.dtype) - y1) / (y2 - y1) * 2 - 1,
+                                (torch.arange(width, dtype=masks.dtype) - x1) / (x2 - x1) * 2 - 1, indexing="ij")
+        out.append(F.grid_sample(mask[None, None], torch.stack([gx, gy], -1)[None], align_corners=True)[0, 0])
+    return torch.stack(out) if out else masks.new_zeros(0, height, width)
+
+
+def no_half_sample_paste(masks, boxes, height, width):  # u = (j - x1) Mw / (x2 - x1), no - 0.5
+    mh, mw = masks.shape[-2:]
+    shift = torch.stack([(boxes[:, 2] - boxes[:, 0]) / mw, (boxes[:, 3] - boxes[:, 1]) / mh], dim=1) / 2
+    return grid_sample_paste(masks, boxes - shift.repeat(1, 2), height, width)
+
+
+def thresholded_paste(masks, boxes, height, width):
+    return (grid_sample_paste(masks, boxes, height, width) > 0.5).to(masks.dtype)
+
+
+def float32_paste(masks, boxes, height, width):
+    return grid_sample_paste(masks.float(), boxes.float(), height, width)
+
+
+def rounded_box_resize_paste(masks, boxes, height, width):  # resize to the rounded box, then place it
+    out = masks.new_zeros(len(masks), height, width)
+    for k, (mask, box) in enumerate(zip(masks, boxes.round().long().tolist(), strict=True)):
+        x1, y1, x2, y2 = box
+        resized = F.interpolate(mask[None, None], size=(max(y2 - y1, 1), max(x2 - x1, 1)), mode="bilinear")[0, 0]
+        top, left = max(y1, 0), max(x1, 0)
+        bottom, right = min(y1 + resized.shape[0], height), min(x1 + resized.shape[1], width)
+        if bottom > top and right > left:
+            out[k, top:bottom, left:right] = resized[top - y1 : bottom - y1, left - x1 : right - x1]
+    return out
+
+
+REVIEW_CORRECT = [
+    ("box_iou", guarded_union_box_iou),
+    ("nms", suppression_mask_nms),
+    ("roi_align", separable_roi_align),
+    ("roi_align", clamped_grid_sample_roi_align),
+    ("mask_targets", adaptive_roi_align_mask_targets),
+    ("mask_targets", separable_mask_targets),
+    ("paste_masks", padded_mask_paste),
+]
+
+REVIEW_MUTANTS = {
+    "box_iou": [smaller_area_box_iou, float32_box_iou],
+    "nms": [suppressed_boxes_suppress_nms, int32_nms, float_when_empty_nms],
+    "roi_align": [offset_in_image_pixels_roi_align, unwidened_roi_align, widened_aligned_roi_align,
+                  first_image_roi_align, inside_only_roi_align, max_pooled_roi_align, float32_roi_align],
+    "mask_targets": [one_ratio_mask_targets, rounded_ratio_mask_targets, thresholded_mask_targets,
+                     inclusive_box_mask_targets, float32_mask_targets],
+    "paste_masks": [align_corners_paste, no_half_sample_paste, thresholded_paste, float32_paste,
+                    rounded_box_resize_paste],
+}
+
+
+# --------------------------------------------------------------------------------------------
 # The tests
 # --------------------------------------------------------------------------------------------
 
@@ -320,6 +570,7 @@ CORRECT = [
     ("mask_targets", numpy_mask_targets),
     ("paste_masks", grid_sample_paste),
     ("paste_masks", scipy_paste),
+    *REVIEW_CORRECT,
 ]
 
 MUTANTS = {
@@ -331,7 +582,8 @@ MUTANTS = {
                      sliced_mask_targets],
     "paste_masks": [torchvision_legacy_paste, pixel_centre_half_paste, border_padded_paste, nearest_paste],
 }
-MUTANT_CASES = [(function, mutant) for function, table in MUTANTS.items() for mutant in table]
+MUTANT_CASES = [(function, mutant) for table in (MUTANTS, REVIEW_MUTANTS)
+                for function, mutants in table.items() for mutant in mutants]
 
 
 @pytest.mark.parametrize(("function", "implementation"), CORRECT, ids=[impl.__name__ for _, impl in CORRECT])
