@@ -181,16 +181,25 @@ def _mounts_under(folder: Path) -> list[str]:
     return sorted(set(inside), key=len, reverse=True)
 
 
-def _traversable_parents(binds: list[str]) -> list[str]:
-    """bubblewrap makes the folders above a mount point with mode 0700, which the sandbox's
-    user could not enter: make them first, world-traversable (they hold nothing else)."""
-    parents: set[str] = set()
-    for flag, _source, target in zip(binds[::3], binds[1::3], binds[2::3], strict=False):
-        if flag in ("--ro-bind", "--bind"):
-            parents.update(str(p) for p in Path(target).parents if str(p) != "/")
-    args = []
-    for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
-        args += ["--perms", "0755", "--dir", parent]
+def _in_mount_order(binds: list[str]) -> list[str]:
+    """The mounts sorted shallowest first, each preceded by the folders above it.
+
+    A mount hides whatever was mounted below its target before it (a course kept under /tmp
+    would vanish behind the sandbox's own /tmp), so shallow targets go first. bubblewrap makes
+    the folders above a mount point with mode 0700, which the sandbox's user could not enter:
+    they are made first, world-traversable (they hold nothing else).
+    """
+    triples = list(zip(binds[::3], binds[1::3], binds[2::3], strict=True))
+    triples.sort(key=lambda triple: triple[2].rstrip("/").count("/"))
+    targets = {target for _, _, target in triples}
+    made: set[str] = set()
+    args: list[str] = []
+    for flag, source, target in triples:
+        for parent in sorted((str(p) for p in Path(target).parents), key=len):
+            if parent != "/" and parent not in targets and parent not in made:
+                args += ["--perms", "0755", "--dir", parent]
+                made.add(parent)
+        args += [flag, source, target]
     return args
 
 
@@ -339,7 +348,7 @@ class Sandbox:
                  "--bind", str(self.scratch / "tmp"), "/tmp",
                  "--bind", str(self.results), INSIDE_RESULTS,
                  "--bind", str(self.conn), INSIDE_CONN]
-        return _traversable_parents(args) + args
+        return _in_mount_order(args)
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` (a kernel command line) run inside the sandbox, with the limits."""
