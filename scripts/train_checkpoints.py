@@ -197,6 +197,15 @@ def train_instance(name: str, out: Path, steps: int | None, device) -> dict:
     path = out / f"{name}.pt"
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
     data = "ShapesDataset({length}, size={size}, seed={seed}, task='instance')"
+    return _entry(name, path, model, device, first, second, decay_at, seconds,
+                  train_data=data.format(**TRAIN), eval_data=data.format(**INSTANCE_EVAL),
+                  scores={key: round(value, 5) for key, value in scores.items()})
+
+
+def _entry(name: str, path: Path, model, device, first, second, decay_at: int, seconds: float,
+           train_data: str, eval_data: str, scores: dict) -> dict:
+    """The manifest entry of a checkpoint just written to ``path``."""
+    spec = CHECKPOINTS[name]
     return {
         "name": name,
         "file": path.name,
@@ -214,11 +223,11 @@ def train_instance(name: str, out: Path, steps: int | None, device) -> dict:
         "batch_size": spec["batch_size"],
         "lr": spec["lr"],
         "lr_schedule": f"x0.1 after step {decay_at}",
-        "train_data": data.format(**TRAIN),
-        "eval_data": data.format(**INSTANCE_EVAL),
+        "train_data": train_data,
+        "eval_data": eval_data,
         "train_seconds": round(seconds, 1),
         "final_loss": round(second.smoothed_loss()[-1], 5),
-        **{key: round(value, 5) for key, value in scores.items()},
+        **scores,
         "command": "python " + " ".join(shlex.quote(a) for a in ["scripts/train_checkpoints.py", *sys.argv[1:]]),
     }
 
@@ -245,31 +254,11 @@ def train_one(name: str, out: Path, steps: int | None, device) -> dict:
     path = out / f"{name}.pt"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, path)
-    return {
-        "name": name,
-        "file": path.name,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "bytes": path.stat().st_size,
-        "notebook": spec["notebook"],
-        "class": spec["cls"],
-        "model": spec["model"],
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "steps": len(first.step) + len(second.step),
-        "batch_size": spec["batch_size"],
-        "lr": spec["lr"],
-        "lr_schedule": f"x0.1 after step {decay_at}",
-        "train_data": f"ShapesDataset({TRAIN['length']}, size={TRAIN['size']}, seed={TRAIN['seed']})",
-        "eval_data": f"ShapesDataset({EVAL['length']}, size={EVAL['size']}, seed={EVAL['seed']})",
-        "train_seconds": round(seconds, 1),
-        "final_loss": round(second.smoothed_loss()[-1], 5),
-        "mean_iou": round(scores["mean_iou"], 5),
-        "pixel_accuracy": round(scores["pixel_accuracy"], 5),
-        "command": "python " + " ".join(shlex.quote(a) for a in ["scripts/train_checkpoints.py", *sys.argv[1:]]),
-    }
+    return _entry(name, path, model, device, first, second, decay_at, seconds,
+                  train_data=f"ShapesDataset({TRAIN['length']}, size={TRAIN['size']}, seed={TRAIN['seed']})",
+                  eval_data=f"ShapesDataset({EVAL['length']}, size={EVAL['size']}, seed={EVAL['seed']})",
+                  scores={"mean_iou": round(scores["mean_iou"], 5),
+                          "pixel_accuracy": round(scores["pixel_accuracy"], 5)})
 
 
 def write_manifest(out: Path, entries: list[dict]) -> None:

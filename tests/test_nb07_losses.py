@@ -25,7 +25,7 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `checks`, however pytest is run
 
-from checks import notebook_cells, run_test_cells, solution_namespace  # noqa: E402
+from checks import assert_all_pass, notebook_cells, run_test_cells, solution_namespace  # noqa: E402
 
 NOTEBOOK = "07_losses"
 
@@ -259,10 +259,7 @@ FUNCTIONS = sorted({function for function, _ in CORRECT})
     ("function", "implementation"), CORRECT, ids=[impl.__name__ for _, impl in CORRECT]
 )
 def test_correct_implementation_passes_every_test_cell(function, implementation):
-    outcome = run_test_cells(NOTEBOOK, function, implementation)
-    assert set(outcome) == {f"test_{function}", f"hidden_{function}"}
-    failed = {grade_id: message for grade_id, message in outcome.items() if message}
-    assert not failed, failed
+    assert_all_pass(NOTEBOOK, function, implementation)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `checks`, however pytest is run
 
-from checks import REPO, notebook_cells, run_test_cells, solution_namespace  # noqa: E402
+from checks import REPO, assert_all_pass, notebook_cells, run_test_cells, solution_namespace  # noqa: E402
 
 NOTEBOOK = "10_style_transfer"
 
@@ -218,10 +218,7 @@ CORRECT = [
     ("function", "implementation"), CORRECT, ids=[impl.__name__ for _, impl in CORRECT]
 )
 def test_correct_implementation_passes_every_test_cell(function, implementation):
-    outcome = run_test_cells(NOTEBOOK, function, implementation)
-    assert set(outcome) == {f"test_{function}", f"hidden_{function}"}
-    failed = {grade_id: message for grade_id, message in outcome.items() if message}
-    assert not failed, failed
+    assert_all_pass(NOTEBOOK, function, implementation)
 
 
 # --------------------------------------------------------------------------------------------
