@@ -279,8 +279,9 @@ import subprocess, sys
 hog = subprocess.run([sys.executable, "-c", "x = []\\nwhile True:\\n    x.append(bytearray(2**30))"],
                      capture_output=True, text=True)
 print("memory hog exited", hog.returncode, hog.stderr.strip().splitlines()[-1])
-bomb = subprocess.run([sys.executable, "-c", "import os, time\\nn = 0\\ntry:\\n    while True:\\n"
-                       "        if os.fork() == 0:\\n            time.sleep(2)\\n            os._exit(0)\\n"
+# children that exit at once stay zombies (never reaped), so they count until the bomb ends
+bomb = subprocess.run([sys.executable, "-c", "import os\\nn = 0\\ntry:\\n    while True:\\n"
+                       "        if os.fork() == 0:\\n            os._exit(0)\\n"
                        "        n += 1\\nexcept OSError as error:\\n    print('forks stopped at', n, error)"],
                       capture_output=True, text=True)
 print(bomb.stdout.strip())
@@ -333,8 +334,10 @@ def _forger(release: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 def _digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder`` (byte code caches aside: other tests' imports
+    write those into the package while the batch runs)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
 
 
 class _Listener:
