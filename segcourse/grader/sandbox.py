@@ -6,8 +6,10 @@ What the kernel sees (everything else of the machine is simply absent):
   interpreter, the virtual environment, the ``segcourse`` package and the course's shipped
   checkpoints;
 - read-write, all on one private tmpfs of ``Limits.disk`` bytes: its home with the working
-  folder (the submitted notebook and the files its release ships), ``/tmp``, the results folder
-  where ``grading.check`` saves outputs, and the folder of its connection file and IPC sockets;
+  folder (the submitted files and the files its release ships), ``/tmp`` and the results folder
+  where ``grading.check`` saves outputs; and, on a tiny tmpfs of its own under a short path (a
+  Unix socket's path may not exceed 107 bytes), the folder of its connection file and IPC
+  sockets, seen inside as ``/run/kernel``;
 - its own PID, IPC, UTS, network (loopback only, nothing else) and cgroup namespaces, a new
   session (no terminal injection), a clean environment, and an unprivileged user with no
   capabilities: when the grader runs as root, a real unused uid (``SANDBOX_UID_BASE`` + slot, so
@@ -257,6 +259,11 @@ class Sandbox:
         short = tempfile.mkdtemp(prefix="sgc-", dir="/tmp" if Path("/tmp").is_dir() else None)
         (self.scratch / "conn").symlink_to(short)
         if os.geteuid() == 0:
+            # a tiny tmpfs of its own: sockets take no space, and the kernel must not be able to
+            # fill the grader's /tmp through the one folder outside its disk cap
+            options = f"size=1m,nr_inodes=64,mode=0700,uid={self.uid},gid={self.uid}"
+            subprocess.run(["mount", "-t", "tmpfs", "-o", options, "segcourse-sandbox", short],
+                           capture_output=True)
             os.chown(short, self.uid, self.uid)
         for path in files:
             target = self.scratch / "home" / "work" / path.name
@@ -279,7 +286,10 @@ class Sandbox:
         self.kill_leftovers()
         for link in [self.scratch / "conn", *self.scratch.glob("attempt*/conn")]:
             if link.is_symlink():
-                shutil.rmtree(os.readlink(link), ignore_errors=True)
+                short = os.readlink(link)
+                for mount in _mounts_under(Path(short)):
+                    subprocess.run(["umount", mount], capture_output=True)
+                shutil.rmtree(short, ignore_errors=True)
         for mount in _mounts_under(self.scratch):
             for _ in range(5):
                 if subprocess.run(["umount", mount], capture_output=True).returncode == 0:
