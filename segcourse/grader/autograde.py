@@ -258,9 +258,7 @@ def _autograde_one(student: str, assignment: str, stage: Path, slots: _Slots, ba
             return _failure_status(log)
         return "error: the gradebook stayed busy"
     finally:
-        Sandbox(scratch, slot=slot).close()
-        for attempt in scratch.parent.glob(f"{scratch.name}*"):
-            shutil.rmtree(attempt, ignore_errors=True)
+        Sandbox(scratch, slot=slot).close()  # its attempts' sandboxes too
         slots.give(slot)
 
 
