@@ -250,15 +250,16 @@ def sliced_mask_targets(gt_masks, boxes, size):  # integer crop of the pixels, t
 # --------------------------------------------------------------------------------------------
 
 
-def grid_sample_paste(masks, boxes, height, width):
+def grid_sample_paste(masks, boxes, height, width, **options):
+    """Each mask read at the image's pixels through the box (``options`` go to grid_sample)."""
+    options = {"mode": "bilinear", "padding_mode": "zeros", **options}
     out = []
     for mask, (x1, y1, x2, y2) in zip(masks, boxes.tolist(), strict=True):
         xs = (torch.arange(width, dtype=masks.dtype) - x1) / (x2 - x1) * 2 - 1
         ys = (torch.arange(height, dtype=masks.dtype) - y1) / (y2 - y1) * 2 - 1
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         grid = torch.stack([gx, gy], dim=-1)[None].to(masks.device)
-        out.append(F.grid_sample(mask[None, None], grid, mode="bilinear", padding_mode="zeros",
-                                 align_corners=False)[0, 0])
+        out.append(F.grid_sample(mask[None, None], grid, align_corners=False, **options)[0, 0])
     return torch.stack(out) if out else masks.new_zeros(0, height, width)
 
 
@@ -284,25 +285,11 @@ def pixel_centre_half_paste(masks, boxes, height, width):  # pixel (i, j) at (j 
 
 
 def border_padded_paste(masks, boxes, height, width):  # the mask's edge repeated outside the box
-    out = []
-    for mask, (x1, y1, x2, y2) in zip(masks, boxes.tolist(), strict=True):
-        xs = (torch.arange(width, dtype=masks.dtype) - x1) / (x2 - x1) * 2 - 1
-        ys = (torch.arange(height, dtype=masks.dtype) - y1) / (y2 - y1) * 2 - 1
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        grid = torch.stack([gx, gy], dim=-1)[None]
-        out.append(F.grid_sample(mask[None, None], grid, padding_mode="border", align_corners=False)[0, 0])
-    return torch.stack(out) if out else masks.new_zeros(0, height, width)
+    return grid_sample_paste(masks, boxes, height, width, padding_mode="border")
 
 
 def nearest_paste(masks, boxes, height, width):
-    out = []
-    for mask, (x1, y1, x2, y2) in zip(masks, boxes.tolist(), strict=True):
-        xs = (torch.arange(width, dtype=masks.dtype) - x1) / (x2 - x1) * 2 - 1
-        ys = (torch.arange(height, dtype=masks.dtype) - y1) / (y2 - y1) * 2 - 1
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        grid = torch.stack([gx, gy], dim=-1)[None]
-        out.append(F.grid_sample(mask[None, None], grid, mode="nearest", align_corners=False)[0, 0])
-    return torch.stack(out) if out else masks.new_zeros(0, height, width)
+    return grid_sample_paste(masks, boxes, height, width, mode="nearest")
 
 
 # --------------------------------------------------------------------------------------------

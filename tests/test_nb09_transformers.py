@@ -141,9 +141,13 @@ def reduced_context(x, size, sr_ratio, w_sr, b_sr):
 
 
 def mha_attention(x, size, w_q, w_k, w_v, w_o, num_heads, sr_ratio=1, w_sr=None, b_sr=None):
-    c = x.shape[-1]
-    context = reduced_context(x, size, sr_ratio, w_sr, b_sr)
-    mha = nn.MultiheadAttention(c, num_heads, bias=False, batch_first=True).to(x.device, x.dtype)
+    return _mha(x, reduced_context(x, size, sr_ratio, w_sr, b_sr), w_q, w_k, w_v, w_o, num_heads)
+
+
+def _mha(x, context, w_q, w_k, w_v, w_o, num_heads):
+    """torch.nn.MultiheadAttention of the queries x over the keys and values context."""
+    mha = nn.MultiheadAttention(x.shape[-1], num_heads, bias=False, batch_first=True)
+    mha = mha.to(x.device, x.dtype)
     with torch.no_grad():
         mha.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
         mha.out_proj.weight.copy_(w_o)
@@ -203,11 +207,7 @@ def reduce_without_norm(x, size, w_q, w_k, w_v, w_o, num_heads, sr_ratio=1, w_sr
     n, _, c = x.shape
     grid = x.transpose(1, 2).reshape(n, c, *size)
     context = F.conv2d(grid, w_sr, b_sr, stride=sr_ratio).flatten(2).transpose(1, 2)
-    mha = nn.MultiheadAttention(c, num_heads, bias=False, batch_first=True).to(x.device, x.dtype)
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
-        mha.out_proj.weight.copy_(w_o)
-        return mha(x, context, context, need_weights=False)[0]
+    return _mha(x, context, w_q, w_k, w_v, w_o, num_heads)
 
 
 def reduce_column_major(x, size, w_q, w_k, w_v, w_o, num_heads, sr_ratio=1, w_sr=None, b_sr=None):
