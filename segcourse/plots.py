@@ -1,4 +1,4 @@
-"""Pictures of images, masks, predictions, instances and training curves.
+"""Pictures of images, masks, predictions, instances, training curves and architectures.
 
 Every mask is drawn with the one course palette (``segcourse.masks.PALETTE``: class 0 black,
 then the PASCAL VOC colours, the ignore label 255 white), and legends list only the classes
@@ -16,7 +16,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
+from matplotlib.path import Path
 
 from segcourse.masks import IGNORE_INDEX, PALETTE, colorize
 from segcourse.metrics import confusion_matrix, segmentation_scores
@@ -29,6 +30,8 @@ __all__ = [
     "show_prediction",
     "show_instances",
     "plot_history",
+    "layer_shapes",
+    "plot_architecture",
 ]
 
 DPI = 72  # small figures keep notebooks light
@@ -358,4 +361,190 @@ def plot_history(history, figsize=None):
                 ax.plot(history.val_step, values, marker="o", ms=3, label=name)
         ax.set(xlabel="step", ylabel="score", title="validation", ylim=(0, 1.02))
         ax.legend(fontsize=8)
+    return fig
+
+
+# --- architectures -------------------------------------------------------------------------
+
+
+def _output_shape(output, name: str) -> tuple:
+    """The shape of a module's output: a tensor, or the first tensor of a tuple/list/dict."""
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape)
+    values = output.values() if isinstance(output, dict) else output
+    if isinstance(values, (list, tuple)) or isinstance(output, dict):
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return tuple(value.shape)
+    raise TypeError(f"module {name!r} returned {type(output).__name__}, not a tensor")
+
+
+def layer_shapes(model: torch.nn.Module, x: torch.Tensor, names) -> list[tuple[str, tuple]]:
+    """Output shapes of the named submodules of ``model`` on the input ``x``, in the order they run.
+
+    One forward pass in eval mode and without gradients (the model's mode is restored after it),
+    with a forward hook on each named module (``dict(model.named_modules())[name]``); the hooks
+    are removed afterwards, also when the forward pass fails. A module that runs more than once
+    reports its first call.
+
+    Args:
+        model: any ``nn.Module``.
+        x: its input, e.g. ``(1, 3, H, W)``; moved to the model's device.
+        names: submodule names as ``named_modules()`` spells them (``"stages.2"``, ``"fc"``).
+
+    Returns:
+        ``[(name, shape), ...]``, e.g. ``[("stages.0", (1, 16, 64, 64)), ...]``, with ``shape``
+        the full output shape (batch dimension included), ordered by when each module ran.
+
+    Raises:
+        KeyError: a name that is not a submodule of ``model`` (the message lists some that are).
+        ValueError: a named module that did not run in the forward pass.
+    """
+    names = list(names)
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        known = [name for name in modules if name][:20]
+        raise KeyError(
+            f"no submodule named {unknown} in {type(model).__name__}; its submodules "
+            f"include {known}"
+        )
+    shapes: dict[str, tuple] = {}  # insertion order = order of the first call
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            shapes.setdefault(name, _output_shape(output, name))
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_for(name)) for name in dict.fromkeys(names)]
+    was_training = model.training
+    param = next(model.parameters(), None)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x if param is None else x.to(param.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    missing = [name for name in names if name not in shapes]
+    if missing:
+        raise ValueError(
+            f"the modules {missing} did not run in {type(model).__name__}'s forward "
+            "pass on this input"
+        )
+    return list(shapes.items())
+
+
+def _stage_label(shape: tuple) -> str:
+    """``(N, C, H, W)`` -> ``"C x H x W"`` (the batch dimension dropped)."""
+    dims = shape[1:] if len(shape) > 1 else shape
+    return " x ".join(str(d) for d in dims)
+
+
+def plot_architecture(model, x, stages, skips=(), title=None, ax=None):
+    """A block diagram of ``model`` drawn from its own output shapes on the input ``x``.
+
+    The input and then one block per stage, left to right in the order given: the block's height
+    grows with the spatial size H (square-root scale, so a 4 x 4 map stays visible beside a
+    128 x 128 one), its width with the channel count C (square-root scale); it is labelled
+    "C x H x W" under the stage's name. Arrows join consecutive blocks (the data path), and a
+    red arrow over the blocks marks each skip (the longer the skip, the higher it runs).
+
+    Args:
+        model: an ``nn.Module``; its shapes come from ``layer_shapes(model, x, ...)``.
+        x: an input, e.g. ``(1, 3, 128, 128)``.
+        stages: the data path: submodule names (``"stages.2"``) or ``(name, label)`` pairs
+            (``("stages.2", "pool3")``); the label is what the figure shows.
+        skips: ``(from_stage, to_stage)`` pairs, each given by name or label.
+        title: the axes title.
+        ax: draw into this axes instead of a new figure (about 8 x 3 inches, dpi 72).
+
+    Returns:
+        the matplotlib ``Figure``.
+
+    Raises:
+        ValueError: a skip naming a stage that is not in ``stages``; see also ``layer_shapes``.
+    """
+    pairs = [(stage, stage) if isinstance(stage, str) else tuple(stage) for stage in stages]
+    names = [name for name, _ in pairs]
+    labels = [label for _, label in pairs]
+    index = {
+        **{name: i for i, name in enumerate(names)},
+        **{lab: i for i, lab in enumerate(labels)},
+    }
+    for skip in skips:
+        if len(skip) != 2:
+            raise ValueError(f"a skip is a (from_stage, to_stage) pair, got {skip!r}")
+        for end in skip:
+            if end not in index:
+                raise ValueError(
+                    f"skip {tuple(skip)!r}: {end!r} is not one of the stages "
+                    f"{labels} (give a stage's name or its label)"
+                )
+    shapes = dict(layer_shapes(model, x, names))
+    blocks = [("input", tuple(x.shape))] + [(label, shapes[name]) for name, label in pairs]
+
+    def spatial(shape):
+        return shape[-2] if len(shape) >= 4 else 1
+
+    def channels(shape):
+        return shape[1] if len(shape) >= 2 else shape[0]
+
+    max_h = max(spatial(s) for _, s in blocks)
+    max_c = max(channels(s) for _, s in blocks)
+    heights = [0.1 + 0.9 * (spatial(s) / max_h) ** 0.5 for _, s in blocks]
+    widths = [0.1 + 0.45 * (channels(s) / max_c) ** 0.5 for _, s in blocks]
+    lefts = [i + (0.55 - width) / 2 for i, width in enumerate(widths)]  # one slot per block
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3), dpi=DPI, layout="constrained")
+    fig = ax.figure
+    colours = plt.get_cmap("viridis")
+    for i, ((label, shape), left, width, height) in enumerate(
+        zip(blocks, lefts, widths, heights, strict=True)
+    ):
+        colour = "0.85" if i == 0 else colours(0.25 + 0.6 * (i - 1) / max(1, len(blocks) - 2))
+        ax.add_patch(
+            Rectangle((left, -height / 2), width, height, facecolor=colour, edgecolor="0.2", lw=0.8)
+        )
+        ax.text(
+            left + width / 2,
+            -0.55,
+            f"{label}\n{_stage_label(shape)}",
+            ha="center",
+            va="top",
+            fontsize=7,
+        )
+        if i > 0:
+            ax.add_patch(
+                FancyArrowPatch(
+                    (lefts[i - 1] + widths[i - 1], 0),
+                    (left, 0),
+                    arrowstyle="-|>",
+                    mutation_scale=8,
+                    color="0.2",
+                    lw=0.8,
+                )
+            )
+    # Skips: up from the source block, across above every block, down into the target block;
+    # longer skips run higher, so nested skips (a U-Net's) do not cross.
+    spans = sorted(skips, key=lambda skip: abs(index[skip[1]] - index[skip[0]]))
+    for level, (start, end) in enumerate(spans):
+        a, b = index[start] + 1, index[end] + 1  # + 1: the input block comes first
+        top = 0.62 + 0.12 * level
+        xa, xb = lefts[a] + widths[a] / 2, lefts[b] + widths[b] / 2
+        path = Path(
+            [(xa, heights[a] / 2), (xa, top), (xb, top), (xb, heights[b] / 2)],
+            [Path.MOVETO, Path.LINETO, Path.LINETO, Path.LINETO],
+        )
+        ax.add_patch(
+            FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=8, color="C3", lw=1.0)
+        )
+    top = 0.62 + 0.12 * len(skips)
+    ax.set(xlim=(-0.25, len(blocks) - 0.2), ylim=(-1.0, max(0.6, top)))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig

@@ -154,3 +154,99 @@ def test_plot_history_with_and_without_validation():
 def test_bad_shapes_raise_value_error(call):
     with pytest.raises(ValueError, match="expected|got"):
         call()
+
+
+# --- architectures ---------------------------------------------------------------------------
+
+
+class _TwoPath(torch.nn.Module):
+    """A hand-built encoder-decoder with one skip: every output shape is known in advance."""
+
+    def __init__(self):
+        super().__init__()
+        self.down1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)  # (8, H/2, W/2)
+        self.down2 = torch.nn.Sequential(  # (16, H/4, W/4)
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16)
+        )
+        self.up = torch.nn.ConvTranspose2d(16, 8, 2, stride=2)  # (8, H/2, W/2)
+        self.head = torch.nn.Conv2d(8, 5, 1)  # (5, H/2, W/2)
+
+    def forward(self, x):
+        skip = self.down1(x)
+        return self.head(self.up(self.down2(skip)) + skip)
+
+
+def test_layer_shapes_match_a_hand_built_model():
+    model = _TwoPath()
+    shapes = plots.layer_shapes(model, torch.rand(2, 3, 32, 24), ["head", "down1", "up", "down2"])
+    assert shapes == [  # the order in which the modules run, not the order asked
+        ("down1", (2, 8, 16, 12)),
+        ("down2", (2, 16, 8, 6)),
+        ("up", (2, 8, 16, 12)),
+        ("head", (2, 5, 16, 12)),
+    ]
+    inner = plots.layer_shapes(model, torch.rand(1, 3, 20, 20), ["down2.1"])
+    assert inner == [("down2.1", (1, 16, 5, 5))]  # nested names as named_modules() spells them
+
+
+def test_layer_shapes_removes_hooks_keeps_mode_and_statistics():
+    model = _TwoPath().train()
+    norm = model.down2[1]
+    before = norm.running_mean.clone()
+    plots.layer_shapes(model, torch.rand(2, 3, 16, 16), ["down1", "down2", "up", "head"])
+    assert all(not m._forward_hooks for m in model.modules()), "hooks left behind"
+    assert model.training, "the model's train mode must be restored"
+    assert torch.equal(norm.running_mean, before), "batch-norm statistics must not change"
+
+
+def test_layer_shapes_removes_hooks_when_the_forward_fails():
+    model = _TwoPath()
+    with pytest.raises(RuntimeError):
+        plots.layer_shapes(model, torch.rand(1, 4, 16, 16), ["down1"])  # 4 channels, not 3
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_layer_shapes_unknown_or_unused_module():
+    model = _TwoPath()
+    with pytest.raises(KeyError, match="no submodule named \\['down3'\\]"):
+        plots.layer_shapes(model, torch.rand(1, 3, 8, 8), ["down1", "down3"])
+    model.unused = torch.nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match="did not run"):
+        plots.layer_shapes(model, torch.rand(1, 3, 8, 8), ["unused"])
+
+
+def test_plot_architecture_blocks_labels_and_skips():
+    model = _TwoPath()
+    stages = [("down1", "enc1"), ("down2", "enc2"), "up", "head"]
+    fig = plots.plot_architecture(
+        model, torch.rand(1, 3, 32, 32), stages, skips=[("enc1", "up")], title="two paths"
+    )
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    blocks = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(blocks) == 1 + len(stages)  # the input, then one block per stage
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == [
+        "input\n3 x 32 x 32",
+        "enc1\n8 x 16 x 16",
+        "enc2\n16 x 8 x 8",
+        "up\n8 x 16 x 16",
+        "head\n5 x 16 x 16",
+    ]
+    heights = [b.get_height() for b in blocks]
+    widths = [b.get_width() for b in blocks]
+    assert heights[0] > heights[1] > heights[2] and heights[3] == heights[1]  # spatial size
+    assert widths[2] > widths[1] > widths[4]  # 16 > 8 > 5 channels
+    arrows = [p for p in ax.patches if not isinstance(p, Rectangle)]
+    assert len(arrows) == len(stages) + 1  # data path arrows + one skip
+    assert ax.get_title() == "two paths"
+    assert fig.get_size_inches() == pytest.approx((8, 3)) and fig.dpi == 72
+
+
+def test_plot_architecture_skip_to_an_unknown_stage():
+    model = _TwoPath()
+    with pytest.raises(ValueError, match="'decoder' is not one of the stages"):
+        plots.plot_architecture(
+            model, torch.rand(1, 3, 16, 16), ["down1", "up"], skips=[("down1", "decoder")]
+        )
+    assert all(not m._forward_hooks for m in model.modules())
