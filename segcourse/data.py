@@ -50,6 +50,7 @@ __all__ = [
     "DigitsDataset",
     "CellsDataset",
     "RareShapesDataset",
+    "ScenesDataset",
     "DATASETS",
     "make_dataset",
     "collate_instances",
@@ -644,6 +645,328 @@ class RareShapesDataset(_SceneDataset):
         return _composite(rng, image, coverages, colours, labels, scale)
 
 
+class ScenesDataset(_SceneDataset):
+    """Whole scenes in which each idea of the course is measurable (default 128 x 128 px).
+
+    Classes: background, car, plane, disk, square, wire, cross. Every property below exists so
+    that one lesson's claim can be measured on it, not read off the data:
+
+    - Colour never gives the class. Every object takes its colour from the same wide
+      distribution (any hue, saturation and brightness), whatever its class; a classifier that
+      sees one pixel's RGB is close to chance among the object classes. What carries a class is
+      its shape, its surface pattern (stripes across the long axis for car and plane, concentric
+      rings for disks, a checkerboard for squares, flat for wires and crosses) and, for the
+      context pair, the surroundings. Receptive field matters.
+    - background (0) is "stuff": the whole image is a scene of one of two kinds, drawn with
+      probability 1/2 each (``scene_kind(i)``). A "street" is a texture photo crop crossed by
+      dashed lane markings; a "sky" is a smooth gradient with soft clouds. Both kinds draw their
+      two colours from the same distribution: they differ in structure, not in colour.
+    - car (1) and plane (2) are THE CONTEXT PAIR ("a car on the road, not in the sky"): both are
+      drawn by the same code (a striped capsule 24 to 56 px long, same colour, size, angle and
+      pattern distributions); it is a car in a street scene and a plane in a sky scene, nothing
+      else differs. They are large, so a pixel in the middle of one sees only the object through
+      a small receptive field: telling car from plane needs the rest of the image (image
+      pooling, pyramid pooling, a deep encoder).
+    - disk (3) and square (4) are "things" whose sizes span 10x (radius 3 to 30 px, drawn
+      log-uniformly so that small and large are both common). Disks often come as groups of two
+      or three that overlap a little (the later one occludes the earlier one): in about half the
+      images two disk instances touch, so separating touching instances (05's border weights,
+      08's instances) is measurable.
+    - wire (5): thin curves 1 or 2 px wide, crossing the image (detailed boundaries: skips, CRF,
+      boundary mIoU). They are drawn first, so objects hide parts of them.
+    - cross (6): the rare small class: in about a third of the images, 2 to 7 small crosses
+      (arms 5 to 9 px from the centre), about 1 % of all pixels (07's class imbalance). Drawn
+      last, so never occluded.
+
+    Lengths are given for 128 px and scale with ``min(H, W) / 128``; objects smaller than 12
+    px (scaled) after occlusion become background. At the default size a stride-32 encoder
+    still has a 4 x 4 map. Generating one 128-px item takes a few milliseconds.
+
+    >>> dataset = ScenesDataset(8)
+    >>> image, mask = dataset[0]
+    >>> tuple(image.shape), tuple(mask.shape), dataset.num_classes
+    ((3, 128, 128), (128, 128), 7)
+    >>> dataset.scene_kind(0) in ("street", "sky")
+    True
+    """
+
+    classes = ["background", "car", "plane", "disk", "square", "wire", "cross"]
+    context_pair = ("car", "plane")
+    thin_class = "wire"
+    rare_class = "cross"
+    scene_kinds = ("street", "sky")
+
+    def __init__(
+        self,
+        length: int,
+        size: int | tuple[int, int] = 128,
+        seed: int = 0,
+        task: str = "semantic",
+    ):
+        super().__init__(length, size=size, seed=seed, task=task)
+
+    def scene_kind(self, index: int) -> str:
+        """``"street"`` or ``"sky"``: the kind of scene of item ``index``.
+
+        Its context-pair objects are cars in a street and planes in a sky. Cheap: only the
+        first random number of the item is drawn.
+        """
+        index = self._check_index(index)
+        return _scene_kind(np.random.default_rng([self.seed, index]))
+
+    def _draw(self, rng, height, width):
+        kind = _scene_kind(rng)  # the first draw: scene_kind(i) repeats it
+        scale = min(height, width) / 128
+        yy, xx = _grid(height, width)
+        image, reference = _scene_background(rng, kind, height, width, scale)
+        centres, radii, labels, coverages, colours = [], [], [], [], []
+
+        def add(label, shape, centre=None, radius=None, reach=None):
+            """Draw one object. ``shape(dy, dx)`` gives (coverage, pattern or None) on the
+            offsets from ``centre`` inside the window of half-side ``reach`` around it (the
+            whole image when ``centre`` is None): only that window is computed, which keeps
+            small objects cheap."""
+            window = _window(centre, reach, height, width)
+            if centre is None:
+                coverage, pattern = shape()
+            else:
+                coverage, pattern = shape(yy[window] - centre[0], xx[window] - centre[1])
+            full = np.zeros((height, width), dtype=bool)
+            full[window] = coverage
+            colour = _object_colour(rng, reference)
+            if pattern is None:  # flat
+                colours.append(np.broadcast_to(colour, (height, width, 3)))
+            else:
+                painted = np.zeros((height, width, 3), dtype=np.float32)
+                strength = rng.uniform(0.12, 0.25)
+                painted[window] = np.clip(colour + strength * pattern[..., None], 0.0, 1.0)
+                colours.append(painted)
+            coverages.append(full)
+            labels.append(self.classes.index(label))
+            if radius is not None:  # taken into account by the next _place calls
+                centres.append(centre)
+                radii.append(radius)
+
+        # Wires first: the objects drawn after them hide parts of them.
+        for _ in range(rng.integers(1, 4)):
+            add("wire", lambda: (_wire(rng, height, width, scale), None))
+
+        # The context pair: 1 or 2 objects, labelled by the scene kind only.
+        pair_label = "car" if kind == "street" else "plane"
+        for _ in range(rng.integers(1, 3)):
+            length = rng.uniform(24, 56) * scale
+            centre = _place(rng, centres, radii, length / 2, height, width, 0.3 * length, 0.8)
+            if centre is not None:
+                add(pair_label, lambda dy, dx, n=length: _capsule(rng, dy, dx, n, scale),
+                    centre, length / 2, length / 2)
+
+        # Squares and single disks, then a group of touching disks in most images.
+        shapes = ["square"] * int(rng.integers(0, 3)) + ["disk"] * int(rng.integers(1, 3))
+        for label in shapes:
+            radius = _log_uniform(rng, 3, 30) * scale
+            centre = _place(rng, centres, radii, radius, height, width, 0.5 * radius, 0.9)
+            if centre is not None:
+                add(label, lambda dy, dx, k=label, r=radius: _thing(rng, k, dy, dx, r, scale),
+                    centre, radius, 1.7 * radius)
+        if rng.random() < 0.6:
+            for centre, radius in _disk_group(rng, centres, radii, height, width, scale):
+                # _disk_group has recorded the group's centres already (radius None here).
+                add("disk", lambda dy, dx, r=radius: _thing(rng, "disk", dy, dx, r, scale),
+                    centre, None, radius)
+
+        # The rare class last (never occluded): in about a third of the images.
+        if rng.random() < 0.38:
+            for _ in range(rng.integers(2, 8)):
+                arm = rng.uniform(5, 9) * scale  # centre to tip
+                centre = _place(rng, centres, radii, arm, height, width, arm + 1, 1.0)
+                if centre is not None:
+                    angle = rng.uniform(0, np.pi / 2)
+                    add("cross",
+                        lambda dy, dx, a=arm, t=angle: (_shape_mask("cross", dx, dy, a / 1.1, t),
+                                                        None),
+                        centre, arm, arm)
+
+        return _composite(rng, image, coverages, colours, labels, scale)
+
+
+def _window(centre, reach, height: int, width: int):
+    """The slice of the image within ``reach`` px (+1) of ``centre``; all of it if None."""
+    if centre is None:
+        return np.s_[:, :]
+    top, left = (max(0, int(np.floor(c - reach)) - 1) for c in centre)
+    bottom = min(height, int(np.ceil(centre[0] + reach)) + 2)
+    right = min(width, int(np.ceil(centre[1] + reach)) + 2)
+    return np.s_[top:bottom, left:right]
+
+
+def _scene_kind(rng: np.random.Generator) -> str:
+    """The first draw of a scene: ``"street"`` or ``"sky"`` with probability 1/2 each."""
+    return "street" if rng.random() < 0.5 else "sky"
+
+
+def _log_uniform(rng, low: float, high: float) -> float:
+    """A size between ``low`` and ``high`` with a uniform logarithm: each factor of 2 in size
+    is as likely as any other, so small and large objects are both common."""
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def _scene_background(rng, kind: str, height: int, width: int, scale: float):
+    """The "stuff" of a scene: ``(image (H, W, 3), reference colour (3,))``.
+
+    Both kinds draw their two colours from the same distribution (so the reference colour that
+    objects keep their distance from does not depend on the kind); they differ in structure: a
+    street is a high-frequency texture crop with dashed lane markings, a sky a smooth gradient
+    with soft low-frequency clouds.
+    """
+    hue = rng.random()
+    dark = _hsv(hue, rng.uniform(0.0, 0.6), rng.uniform(0.1, 0.5))
+    light = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.0, 0.6), rng.uniform(0.45, 0.9))
+    reference = (dark + light) / 2
+    yy, xx = _grid(height, width)
+    if kind == "street":
+        image = _duotone(_texture(rng, height, width), dark, light, rng.uniform(0.2, 0.35))
+        # Lane markings: 1 to 3 parallel dashed lines across the image at a random angle.
+        angle = rng.uniform(0, np.pi)
+        across = xx * np.cos(angle) + yy * np.sin(angle)  # distance along the normal
+        along = -xx * np.sin(angle) + yy * np.cos(angle)
+        line_width, spacing = rng.uniform(1.5, 3.0) * max(scale, 0.5), rng.uniform(25, 45) * scale
+        period = rng.uniform(12, 24) * scale
+        lanes = np.zeros((height, width), dtype=bool)
+        first = rng.uniform(across.min(), across.max())
+        for k in range(int(rng.integers(1, 4))):
+            lanes |= np.abs(across - first - k * spacing) <= line_width / 2
+        lanes &= np.mod(along, period) < 0.6 * period
+        image[lanes] = 0.25 * image[lanes] + 0.75 * _hsv(rng.random(), rng.uniform(0, 0.3), 0.95)
+        return image, reference
+    # Sky: a vertical gradient dark -> light (or back), plus clouds from coarse noise.
+    t = (yy / max(height - 1, 1))[..., None]
+    if rng.random() < 0.5:
+        t = 1 - t
+    image = dark + (light - dark) * t
+    # Clouds: smooth noise, a sum of 6 plane waves of 1 to 3 periods per image side.
+    noise = np.zeros((height, width), dtype=np.float32)
+    for _ in range(6):
+        fy, fx = rng.uniform(-3, 3, 2) / np.array([height, width])
+        noise += np.cos(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
+    noise /= np.sqrt(3)  # std about 1
+    cloud = np.clip((noise - rng.uniform(0.0, 0.8)) * 1.5, 0.0, 1.0)[..., None]
+    white = 0.3 * light + 0.7 * np.float32(0.95)
+    image = image + (white - image) * rng.uniform(0.4, 0.8) * cloud
+    return image.astype(np.float32), reference
+
+
+def _object_colour(rng, reference: np.ndarray) -> np.ndarray:
+    """One object's colour, float32 (3,): any hue, saturation and brightness (the class never
+    changes the distribution), redrawn (up to 10 times) while it is too close to the
+    background's ``reference`` colour, so that every object stays visible."""
+    for _ in range(10):
+        colour = _hsv(rng.random(), rng.uniform(0.0, 1.0), rng.uniform(0.15, 1.0))
+        if np.abs(colour - reference).sum() > 0.35:
+            break
+    return colour
+
+
+def _rotate(dx, dy, angle: float):
+    """Coordinates ``(u, v)`` along and across the direction ``angle``."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    return dx * cos + dy * sin, -dx * sin + dy * cos
+
+
+def _period(rng, scale: float) -> float:
+    """Wavelength of a surface pattern, px: 4 to 6 at 128 px, never below 2.5 (aliasing)."""
+    return max(rng.uniform(4, 6) * scale, 2.5)
+
+
+def _capsule(rng, dy, dx, length: float, scale: float):
+    """The context pair's shape: a capsule ``length`` long, 0.3 to 0.45 of it wide, any angle,
+    striped across its long axis. Returns ``(coverage bool (H, W), pattern (H, W) in [-1, 1])``.
+    """
+    u, v = _rotate(dx, dy, rng.uniform(0, np.pi))
+    half_width = 0.5 * length * rng.uniform(0.3, 0.45)
+    along = np.maximum(np.abs(u) - (length / 2 - half_width), 0.0)
+    coverage = along * along + v * v <= half_width**2
+    return coverage, np.cos(2 * np.pi * u / _period(rng, scale))
+
+
+def _thing(rng, label: str, dy, dx, radius: float, scale: float):
+    """A disk (concentric rings) or a square (checkerboard) of ``radius`` at dx = dy = 0:
+    ``(coverage bool (H, W), pattern (H, W) in [-1, 1])``; a square has about a disk's area."""
+    period = _period(rng, scale)
+    if label == "disk":
+        rho = np.hypot(dx, dy)
+        return rho <= radius, np.cos(2 * np.pi * rho / period)
+    angle = rng.uniform(0, np.pi / 2)
+    u, v = _rotate(dx, dy, angle + np.pi / 4)  # _shape_mask's square has its corners at angle
+    pattern = np.cos(np.pi * u / period) * np.cos(np.pi * v / period)
+    return _shape_mask("square", dx, dy, radius, angle), pattern
+
+
+def _disk_group(rng, centres, radii, height: int, width: int, scale: float):
+    """Centres and radii of 2 or 3 disks that overlap a little: each next disk sits at 0.7 to
+    0.95 of the sum of radii from the previous one, so the two instances touch along a contact
+    line (the later one occludes the earlier one). Placed like other objects (see ``_place``);
+    the group ends early where a disk finds no room. ``centres`` and ``radii`` are extended."""
+    group = []
+    radius = _log_uniform(rng, 5, 20) * scale
+    centre = _place(rng, centres, radii, radius, height, width, 0.7 * radius, 0.9)
+    if centre is None:
+        return group
+    centres.append(centre)
+    radii.append(radius)
+    group.append((centre, radius))
+    for _ in range(int(rng.integers(1, 3))):
+        new_radius = _log_uniform(rng, 5, 20) * scale
+        for _ in range(10):
+            direction = rng.uniform(0, 2 * np.pi)
+            reach = (radius + new_radius) * rng.uniform(0.7, 0.95)
+            new_centre = centre + reach * np.array([np.sin(direction), np.cos(direction)])
+            margin = 0.5 * new_radius
+            inside = (margin <= new_centre[0] <= height - margin
+                      and margin <= new_centre[1] <= width - margin)
+            if inside and all(
+                np.hypot(*(new_centre - c)) >= 0.7 * (new_radius + r)
+                for c, r in zip(centres[:-1], radii[:-1], strict=True)
+            ):
+                break
+        else:
+            return group
+        centre, radius = new_centre, new_radius
+        centres.append(centre)
+        radii.append(radius)
+        group.append((centre, radius))
+    return group
+
+
+def _wire(rng, height: int, width: int, scale: float) -> np.ndarray:
+    """A thin curve across the image, 1 or 2 px wide: bool (H, W).
+
+    A quadratic Bezier curve from a point on one side of the image to a point on another,
+    bent by a random control point; rasterised by sampling it densely (steps well under a
+    pixel, so the curve is connected) and, for width 2, adding each pixel's right neighbour.
+    """
+    def on_border():
+        side = rng.integers(4)
+        t = rng.uniform(0.1, 0.9)
+        return np.array([(0.0, t * width), (height - 1.0, t * width),
+                         (t * height, 0.0), (t * height, width - 1.0)][side])
+
+    start, end = on_border(), on_border()
+    for _ in range(5):  # avoid a wire hugging one side
+        if np.hypot(*(end - start)) > 0.5 * min(height, width):
+            break
+        end = on_border()
+    control = rng.uniform((0, 0), (height, width))
+    t = np.linspace(0.0, 1.0, 4 * (height + width))[:, None]
+    points = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end  # (n, 2)
+    rows = np.clip(np.round(points[:, 0]).astype(np.int64), 0, height - 1)
+    cols = np.clip(np.round(points[:, 1]).astype(np.int64), 0, width - 1)
+    coverage = np.zeros((height, width), dtype=bool)
+    coverage[rows, cols] = True
+    if rng.random() < 0.5 * min(1.0, 2 * scale):  # width 2 (rarer in small images)
+        coverage[rows, np.minimum(cols + 1, width - 1)] = True
+    return coverage
+
+
 # --------------------------------------------------------------------------------------------
 # Registry and batching.
 
@@ -652,14 +975,19 @@ DATASETS = {
     "digits": DigitsDataset,
     "cells": CellsDataset,
     "rare": RareShapesDataset,
+    "scenes": ScenesDataset,
 }
 
 
-def make_dataset(name: str, length: int, size=64, seed: int = 0, task: str = "semantic"):
-    """``make_dataset("shapes", 100)`` is ``ShapesDataset(100)``; names are ``DATASETS``' keys."""
+def make_dataset(name: str, length: int, size=None, seed: int = 0, task: str = "semantic"):
+    """``make_dataset("shapes", 100)`` is ``ShapesDataset(100)``; names are ``DATASETS``' keys.
+
+    ``size=None`` keeps the dataset's own default (64 px; 128 px for ``"scenes"``).
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](length, size=size, seed=seed, task=task)
+    size_arg = {} if size is None else {"size": size}
+    return DATASETS[name](length, seed=seed, task=task, **size_arg)
 
 
 def collate_instances(batch):

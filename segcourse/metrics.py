@@ -10,6 +10,9 @@ From it, with ``TP = diag(conf)``, ``T = conf.sum(1)`` (true pixels per class) a
 - mean accuracy       ``mean_c TP_c / T_c``
 - IoU of class c      ``TP_c / (T_c + P_c - TP_c)``; mean IoU averages it over classes
 - frequency-weighted IoU ``sum_c (T_c / sum(T)) * IoU_c``
+- boundary mIoU      the mean IoU counted only on the pixels near a ground-truth boundary
+  (``boundary_band``): most pixels lie inside regions, where every decent model is right, so
+  the plain mIoU hides how well a model draws the outlines; this one shows it.
 
 Notebook 07 asks students to write their own ``confusion_matrix`` and ``segmentation_metrics``;
 this module is the course's tool version, used to evaluate models in the other notebooks.
@@ -27,12 +30,19 @@ import contextlib
 import itertools
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from segcourse.masks import IGNORE_INDEX
 from segcourse.runtime import get_device
 
-__all__ = ["confusion_matrix", "segmentation_scores", "evaluate"]
+__all__ = [
+    "confusion_matrix",
+    "segmentation_scores",
+    "boundary_band",
+    "boundary_miou",
+    "evaluate",
+]
 
 
 def confusion_matrix(
@@ -96,6 +106,72 @@ def segmentation_scores(conf: torch.Tensor) -> dict:
     }
 
 
+def boundary_band(
+    target: torch.Tensor, width: int = 3, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """The pixels near a boundary of the ground truth: bool, the shape of ``target``.
+
+    A pixel is in the band when a pixel of another class lies within ``width`` pixels of it in
+    chessboard distance (in its ``(2 * width + 1)``-square window). This is the "trimap" band of
+    the DeepLab and CRF papers, where they measure how well a model follows object outlines.
+    Ignored pixels are never in the band and are not "another class" for their neighbours; the
+    image border is not a boundary. ``width=0`` gives an empty band.
+
+    Args:
+        target: int64 ``(H, W)`` or ``(N, H, W)`` class ids (or ``ignore_index``).
+        width: the band's half-width in pixels, >= 0.
+
+    >>> target = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    >>> boundary_band(target, width=1).int()
+    tensor([[0, 0, 1, 1, 0, 0]], dtype=torch.int32)
+    """
+    if width < 0:
+        raise ValueError(f"width must be >= 0, got {width}")
+    if target.ndim not in (2, 3):
+        raise ValueError(f"target must be (H, W) or (N, H, W), got {tuple(target.shape)}")
+    valid = target != ignore_index
+    if width == 0:
+        return torch.zeros_like(valid)
+    ids = target.reshape(-1, 1, *target.shape[-2:]).double()  # (N, 1, H, W) for the pooling
+    keep = valid.reshape(ids.shape)
+    # Largest and smallest class id in each window, ignored pixels left out: the window holds
+    # another class exactly when they differ (max_pool2d pads with -inf: the border adds none).
+    window = dict(kernel_size=2 * width + 1, stride=1, padding=width)
+    largest = F.max_pool2d(torch.where(keep, ids, -1.0), **window)
+    smallest = -F.max_pool2d(torch.where(keep, -ids, -float(2**31)), **window)
+    return ((largest > smallest) & keep).reshape(target.shape)
+
+
+def boundary_miou(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    width: int = 3,
+    ignore_index: int = IGNORE_INDEX,
+) -> float:
+    """Mean IoU over the pixels of ``boundary_band(target, width)`` only.
+
+    Classes absent from the band in both ``pred`` and ``target`` are left out of the mean (as
+    ``segmentation_scores`` does); NaN when the band is empty (a one-class target).
+
+    Args:
+        pred, target: int64 ``(H, W)`` or ``(N, H, W)``, as for ``confusion_matrix``.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
+    conf = _band_confusion(pred, target, num_classes, width, ignore_index)
+    return segmentation_scores(conf)["mean_iou"] if conf.sum() else float("nan")
+
+
+def _band_confusion(pred, target, num_classes, width, ignore_index) -> torch.Tensor:
+    """Confusion matrix (C, C) of the pixels in the boundary band of ``target``."""
+    band = boundary_band(target, width, ignore_index)
+    return confusion_matrix(pred[band], target[band], num_classes, ignore_index)
+
+
 def evaluate(
     model: torch.nn.Module,
     loader,
@@ -115,11 +191,14 @@ def evaluate(
         max_batches: stop after this many batches (quick looks on CPU).
 
     Returns:
-        ``segmentation_scores(conf)`` plus ``"confusion"``: the int64 ``(C, C)`` matrix.
-        The model's train/eval mode is restored afterwards.
+        ``segmentation_scores(conf)`` plus ``"confusion"``: the int64 ``(C, C)`` matrix, and
+        ``"boundary_miou"``: the mean IoU on the pixels of ``boundary_band(masks, width=3)``
+        (NaN if no pixel is near a boundary). The model's train/eval mode is restored
+        afterwards.
     """
     device = _model_device(model) if device is None else torch.device(device)
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    band_conf = torch.zeros_like(conf)
     total = len(loader) if hasattr(loader, "__len__") else None
     if max_batches is not None:
         loader = itertools.islice(loader, max_batches)
@@ -128,8 +207,11 @@ def evaluate(
     with _eval_mode(model), torch.no_grad():
         for images, masks in bar:
             pred = _logits(model(images.to(device))).argmax(1)  # (N, H, W)
-            conf += confusion_matrix(pred.cpu(), masks, num_classes, ignore_index)
-    return {**segmentation_scores(conf), "confusion": conf}
+            pred = pred.cpu()
+            conf += confusion_matrix(pred, masks, num_classes, ignore_index)
+            band_conf += _band_confusion(pred, masks, num_classes, 3, ignore_index)
+    band_miou = segmentation_scores(band_conf)["mean_iou"] if band_conf.sum() else float("nan")
+    return {**segmentation_scores(conf), "confusion": conf, "boundary_miou": band_miou}
 
 
 # Small helpers shared with segcourse.train.

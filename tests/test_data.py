@@ -17,6 +17,7 @@ from segcourse.data import (
     CellsDataset,
     DigitsDataset,
     RareShapesDataset,
+    ScenesDataset,
     ShapesDataset,
     collate_instances,
     load_photo,
@@ -237,7 +238,7 @@ def test_digits_use_every_digit():
     ],
 )
 @pytest.mark.parametrize(
-    "dataset_class", [ShapesDataset, DigitsDataset, CellsDataset, RareShapesDataset]
+    "dataset_class", [ShapesDataset, DigitsDataset, CellsDataset, RareShapesDataset, ScenesDataset]
 )
 def test_bad_arguments(dataset_class, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -307,6 +308,181 @@ def test_rare_shapes_are_fast_to_make():
     for index in range(len(dataset)):
         dataset[index]
     assert time.perf_counter() - start < 5.0, "64 scenes of 48 x 48 in well under a second"
+
+
+# ---------------------------------------------------------------------------------------------
+# ScenesDataset: each property the course measures on it, checked over 200 scenes
+
+
+SCENES = 200
+OBJECTS = range(1, 7)  # car, plane, disk, square, wire, cross
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """200 default (128 px) scenes: semantic items, instance targets and scene kinds."""
+    semantic = ScenesDataset(SCENES, seed=0)
+    instance = ScenesDataset(SCENES, seed=0, task="instance")
+    items = [semantic[i] for i in range(SCENES)]
+    return {
+        "dataset": semantic,
+        "images": torch.stack([image for image, _ in items]),  # (200, 3, 128, 128)
+        "masks": torch.stack([mask for _, mask in items]),  # (200, 128, 128)
+        "targets": [instance[i][1] for i in range(SCENES)],
+        "kinds": [semantic.scene_kind(i) for i in range(SCENES)],
+    }
+
+
+def test_scenes_interface():
+    dataset = ScenesDataset(3)
+    assert dataset.size == (128, 128), "default 128 px: a stride-32 encoder keeps a 4 x 4 map"
+    assert dataset.classes == ["background", "car", "plane", "disk", "square", "wire", "cross"]
+    assert dataset.num_classes == 7
+    assert ScenesDataset.context_pair == ("car", "plane")
+    assert ScenesDataset.thin_class == "wire" and ScenesDataset.rare_class == "cross"
+    assert DATASETS["scenes"] is ScenesDataset
+    assert make_dataset("scenes", 2).size == (128, 128), "make_dataset keeps the default size"
+    assert make_dataset("shapes", 2).size == (64, 64)
+    assert make_dataset("scenes", 2, size=64).size == (64, 64)
+    with pytest.raises(IndexError, match="out of range"):
+        dataset.scene_kind(3)
+
+
+def test_scenes_do_not_depend_on_dataloader_workers_or_order():
+    dataset = ScenesDataset(8, size=64, seed=4)
+    direct = [dataset[i] for i in range(8)]
+    loader = DataLoader(dataset, batch_size=3, num_workers=2)
+    images, masks = (torch.cat(parts) for parts in zip(*loader, strict=True))
+    assert torch.equal(images, torch.stack([image for image, _ in direct]))
+    assert torch.equal(masks, torch.stack([mask for _, mask in direct]))
+    shuffled = [dataset[i] for i in (5, 2, 7, 0)]
+    assert all(equal_items(shuffled[k], direct[i]) for k, i in enumerate((5, 2, 7, 0)))
+    kinds = [ScenesDataset(8, size=64, seed=4).scene_kind(i) for i in range(8)]
+    assert kinds == [dataset.scene_kind(i) for i in reversed(range(8))][::-1]
+
+
+def test_scenes_instance_targets_paint_the_semantic_mask(scenes):
+    for mask, target in zip(scenes["masks"][:50], scenes["targets"][:50], strict=True):
+        painted = torch.zeros_like(mask)
+        for label, instance_mask in zip(target["labels"], target["masks"], strict=True):
+            painted[instance_mask.bool()] = label
+        assert torch.equal(painted, mask)
+
+
+def test_scenes_class_statistics(scenes):
+    masks = scenes["masks"]
+    fraction = torch.bincount(masks.flatten(), minlength=7).double() / masks.numel()
+    present = torch.stack([(masks == c).flatten(1).any(1) for c in range(7)]).double().mean(1)
+    cross, wire = fraction[6], fraction[5]
+    assert 0.005 <= cross <= 0.02, f"the rare class covers {cross:.2%} of the pixels"
+    assert 0.2 <= present[6] <= 0.45, f"crosses in {present[6]:.0%} of the scenes"
+    assert cross < fraction[1:6].min(), "the cross is the rarest class"
+    assert 0.005 <= wire <= 0.05 and present[5] == 1.0, "every scene has wires, thin ones"
+    assert present[3] >= 0.95, "nearly every scene has disks"
+    assert fraction[0] > 0.6, "background is most of every scene"
+    # Wires are thin: eroding the wire mask by a 3 x 3 square leaves almost nothing.
+    wires = (masks == 5).numpy()
+    eroded = ndimage.binary_erosion(wires, np.ones((1, 3, 3)))
+    assert eroded.sum() < 0.05 * wires.sum()
+
+
+def test_scenes_disk_sizes_span_ten_times(scenes):
+    radii = []  # half the longer box side of each disk instance: its radius when not cut
+    for target in scenes["targets"]:
+        for label, box in zip(target["labels"], target["boxes"], strict=True):
+            if label == 3:
+                radii.append(float(max(box[2] - box[0], box[3] - box[1]) + 1) / 2)
+    radii = np.array(radii)
+    assert radii.min() <= 4 and radii.max() >= 25, (radii.min(), radii.max())
+    low, high = np.percentile(radii, [10, 90])
+    assert high / low >= 3, "small and large disks are both common (log-uniform sizes)"
+
+
+def test_scenes_have_touching_disks(scenes):
+    def touching(target) -> bool:
+        disks = [m.numpy().astype(bool) for m, label in
+                 zip(target["masks"], target["labels"], strict=True) if label == 3]
+        for a, first in enumerate(disks):
+            grown = ndimage.binary_dilation(first, np.ones((3, 3)))
+            if any((grown & second).any() for second in disks[a + 1:]):
+                return True
+        return False
+
+    share = np.mean([touching(target) for target in scenes["targets"]])
+    assert share >= 1 / 3, f"two disk instances touch in {share:.0%} of the scenes"
+
+
+def test_scenes_context_pair_is_labelled_by_the_scene_kind(scenes):
+    kinds = scenes["kinds"]
+    assert 0.4 <= kinds.count("street") / SCENES <= 0.6
+    for mask, kind in zip(scenes["masks"], kinds, strict=True):
+        if kind == "street":
+            assert not (mask == 2).any(), "no plane in a street"
+        else:
+            assert not (mask == 1).any(), "no car in the sky"
+    with_pair = [bool(((mask == 1) | (mask == 2)).any()) for mask in scenes["masks"]]
+    assert np.mean(with_pair) >= 0.9, "nearly every scene shows its context-pair object"
+
+
+def _instance_features(scenes, label) -> np.ndarray:
+    """Per instance of ``label``: mean R, G, B, area, std of the brightness inside."""
+    rows = []
+    for image, target in zip(scenes["images"], scenes["targets"], strict=True):
+        for instance_label, mask in zip(target["labels"], target["masks"], strict=True):
+            if instance_label == label:
+                pixels = image[:, mask.bool()]  # (3, n)
+                rows.append([*pixels.mean(1).tolist(), pixels.shape[1],
+                             float(pixels.mean(0).std())])
+    return np.array(rows)
+
+
+def test_scenes_car_and_plane_look_alike(scenes):
+    from scipy.stats import ks_2samp
+
+    car, plane, disk = (_instance_features(scenes, label) for label in (1, 2, 3))
+    assert len(car) >= 100 and len(plane) >= 100
+    # Same distributions of colour, size and texture contrast (two-sample Kolmogorov-Smirnov
+    # statistic: the largest gap between the two empirical CDFs; about 0.15 is what two
+    # samples of ~150 from one distribution reach by chance).
+    for j, feature in enumerate(["red", "green", "blue", "area", "texture std"]):
+        statistic = ks_2samp(car[:, j], plane[:, j]).statistic
+        assert statistic < 0.2, f"car and plane differ in {feature}: KS {statistic:.3f}"
+    # The test can see a difference where there is one: disks have another size distribution.
+    assert ks_2samp(car[:, 3], disk[:, 3]).statistic > 0.3
+
+
+def test_scenes_colour_does_not_give_the_class(scenes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    images, masks = scenes["images"], scenes["masks"]
+    rng = np.random.default_rng(0)
+
+    def object_pixels(items):  # RGB (n, 3) and class (n,) of 20,000 object pixels
+        mask = masks[items]
+        rgb = images[items].permute(0, 2, 3, 1)[mask > 0].numpy()
+        labels = mask[mask > 0].numpy()
+        pick = rng.choice(len(labels), 20_000, replace=False)
+        return rgb[pick], labels[pick]
+
+    x_train, y_train = object_pixels(slice(0, 100))
+    x_test, y_test = object_pixels(slice(100, 200))
+    assert set(y_test) == set(OBJECTS)
+    classifier = LogisticRegression(max_iter=500, class_weight="balanced").fit(x_train, y_train)
+    score = balanced_accuracy_score(y_test, classifier.predict(x_test))
+    means = np.stack([x_train[y_train == c].mean(0) for c in OBJECTS])  # (6, 3)
+    nearest = 1 + np.argmin(((x_test[:, None] - means) ** 2).sum(-1), axis=1)
+    nearest_score = balanced_accuracy_score(y_test, nearest)
+    # Chance is 1/6 = 0.167 and a perfect classifier scores 1.0; colour alone stays at chance.
+    assert score < 0.25 and nearest_score < 0.25, (score, nearest_score)
+
+
+def test_scenes_scale_with_size():
+    for size in (32, 64, (96, 160)):
+        dataset = ScenesDataset(20, size=size, seed=1)
+        masks = torch.stack([dataset[i][1] for i in range(20)])
+        fraction = (masks > 0).double().mean()
+        assert 0.1 <= fraction <= 0.4, f"objects cover {fraction:.0%} at size {size}"
 
 
 # ---------------------------------------------------------------------------------------------
