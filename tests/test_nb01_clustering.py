@@ -10,7 +10,9 @@ and SciPy in float64, loops instead of broadcasting, another eigensolver, anothe
 from __future__ import annotations
 
 import itertools
+import math
 import sys
+import types
 from pathlib import Path
 
 import maxflow
@@ -70,6 +72,23 @@ def pixel_features_xy(image, position_weight):
 def pixel_features_unweighted(image, position_weight):
     """Mistake: the position weight is ignored."""
     return numpy_pixel_features(image, 1.0)
+
+
+def pixel_features_pixel_centres(image, position_weight):
+    """Mistake: positions of pixel centres, (row + 0.5, col + 0.5) / S."""
+    _, height, width = image.shape
+    features = numpy_pixel_features(image, position_weight)
+    features[:, 3:] += position_weight * 0.5 / max(height, width)
+    return features
+
+
+def pixel_features_minus_one(image, position_weight):
+    """Mistake: divides by S - 1 (positions from 0 to 1 inclusive, like linspace)."""
+    _, height, width = image.shape
+    scale = max(height, width)
+    features = numpy_pixel_features(image, position_weight)
+    features[:, 3:] *= scale / max(scale - 1, 1)
+    return features
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +168,33 @@ def kmeans_empty_nan(x, init_centers, iters):
     return ((x[:, None] - centers[None]) ** 2).sum(2).argmin(1), centers
 
 
+def kmeans_empty_zero(x, init_centers, iters):
+    """Mistake: an empty cluster's centre becomes 0 (sums / counts.clamp(min=1))."""
+    centers = init_centers.clone()
+    for _ in range(iters):
+        labels = ((x[:, None] - centers[None]) ** 2).sum(2).argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=len(centers)).to(x.dtype)
+        centers = sums / counts.clamp(min=1)[:, None]
+    return ((x[:, None] - centers[None]) ** 2).sum(2).argmin(1), centers
+
+
+def kmeans_empty_reseeded(x, init_centers, iters):
+    """Mistake: an empty cluster restarts at the point farthest from its centre (scikit-learn's
+    rule, not this docstring's)."""
+    points, centers = _numpy(x), _numpy(init_centers).copy()
+    for _ in range(iters):
+        labels = _nearest(points, centers)
+        for j in range(len(centers)):
+            members = points[labels == j]
+            if len(members):
+                centers[j] = members.mean(axis=0)
+            else:
+                distances = ((points - centers[labels]) ** 2).sum(axis=1)
+                centers[j] = points[distances.argmax()]
+    return _like(_nearest(points, centers), x, torch.int64), _like(centers, x)
+
+
 def kmeans_last_tie(x, init_centers, iters):
     """Mistake: ties go to the highest index."""
     labels, centers = numpy_kmeans(x, init_centers, iters)
@@ -181,6 +227,12 @@ def affinity_not_squared(features, sigma):
     """Mistake: the distance instead of the squared distance."""
     distance = cdist(_numpy(features), _numpy(features))
     return _like(np.exp(-distance / (2 * sigma**2)), features)
+
+
+def affinity_two_sigma(features, sigma):
+    """Mistake: divides by 2 sigma instead of 2 sigma^2."""
+    squared = cdist(_numpy(features), _numpy(features), "sqeuclidean")
+    return _like(np.exp(-squared / (2 * sigma)), features)
 
 
 def affinity_zero_diagonal(features, sigma):
@@ -242,6 +294,22 @@ def fiedler_unnormalised_laplacian(W):
     return _like(f / np.sqrt(f @ (degree * f)), W)
 
 
+def fiedler_unit_length(W):
+    """Mistake: the right direction, normalised to |f| = 1 instead of f^T D f = 1."""
+    f = _generalised(W)[1][:, 1]
+    return _like(f / np.linalg.norm(f), W)
+
+
+def fiedler_wrong_end(W):
+    """Mistake: eigh of D^-1/2 W D^-1/2 (no "I -") and its second *smallest* eigenvalue; that
+    matrix's useful end is the largest, so this takes the wrong end of the spectrum."""
+    weights = _numpy(W)
+    inv_sqrt = 1 / np.sqrt(weights.sum(axis=1))
+    _, vectors = np.linalg.eigh(inv_sqrt[:, None] * weights * inv_sqrt)
+    f = inv_sqrt * vectors[:, 1]
+    return _like(f / np.sqrt(f @ (weights.sum(axis=1) * f)), W)
+
+
 def scipy_ncut_bipartition(W):
     return _like(_generalised(W)[1][:, 1] > 0, W, torch.int64)
 
@@ -260,6 +328,24 @@ def ncut_smallest(W):
 def ncut_third(W):
     """Mistake: thresholds the third eigenvector."""
     return _like(_generalised(W)[1][:, 2] > 0, W, torch.int64)
+
+
+def ncut_median(W):
+    """Mistake: splits at the median of f (two equal halves) instead of at 0."""
+    f = _generalised(W)[1][:, 1]
+    return _like(f > np.median(f), W, torch.int64)
+
+
+def ncut_ratio_cut(W):
+    """Mistake: the unnormalised Laplacian, L f = lambda f (ratio cut), thresholded at 0."""
+    weights = _numpy(W)
+    f = np.linalg.eigh(np.diag(weights.sum(axis=1)) - weights)[1][:, 1]
+    return _like(f > 0, W, torch.int64)
+
+
+def ncut_wrong_end(W):
+    """Mistake: the sign of fiedler_wrong_end's vector."""
+    return (fiedler_wrong_end(W) > 0).long()
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +383,13 @@ def energy_eight_neighbours(labels, unary, lam):
 def energy_swapped_unary(labels, unary, lam):
     """Mistake: unary[0] taken as the cost of label 1."""
     return loop_graph_cut_energy(labels, unary.flip(0), lam)
+
+
+def energy_wraparound(labels, unary, lam):
+    """Mistake: torch.roll compares the last row (column) with the first one as well."""
+    data = loop_graph_cut_energy(labels, unary, 0.0)
+    pairs = ((labels != labels.roll(1, 0)).sum() + (labels != labels.roll(1, 1)).sum())
+    return data + lam * pairs.to(unary.dtype)
 
 
 def energy_no_lambda(labels, unary, lam):
@@ -366,6 +459,24 @@ def segment_ignores_lambda(unary, lam):
     return unary.argmin(0)
 
 
+def segment_eight_neighbours(unary, lam):
+    """Mistake: diagonal edges as well (PyMaxflow's structure with all 8 neighbours)."""
+    costs = _numpy(unary)
+    costs = costs - costs.min(axis=0, keepdims=True)
+    graph = maxflow.Graph[float]()
+    nodes = graph.add_grid_nodes(costs.shape[1:])
+    structure = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]])
+    graph.add_grid_edges(nodes, float(lam), structure=structure, symmetric=False)
+    graph.add_grid_tedges(nodes, costs[1], costs[0])
+    graph.maxflow()
+    return _like(graph.get_grid_segments(nodes), unary, torch.int64)
+
+
+def segment_lambda_half(unary, lam):
+    """Mistake: lam / 2 per direction, thinking that the two directions add up."""
+    return swapped_maxflow_graph_cut_segment(unary, lam / 2)
+
+
 def segment_lambda_twice(unary, lam):
     """Mistake: 2 * lam on every edge (e.g. adding each grid edge twice)."""
     return swapped_maxflow_graph_cut_segment(unary, 2 * lam)
@@ -378,7 +489,9 @@ def segment_lambda_twice(unary, lam):
 
 def numpy_crf_mean_field(unary_logits, image, iters, theta_alpha=8.0, theta_beta=0.1,
                          theta_gamma=1.5, w_appearance=0.5, w_smooth=0.5, *, include_image=True,
-                         include_self=False, sign=1.0):
+                         include_self=False, sign=1.0, row_normalised=False, normalise_q=True,
+                         softmax_axis=0):
+    """Float64 NumPy; the keyword-only flags make the common mistakes."""
     logits = _numpy(unary_logits).reshape(unary_logits.shape[0], -1)  # (C, N)
     height, width = unary_logits.shape[1:]
     rows, cols = np.mgrid[0:height, 0:width]
@@ -391,14 +504,18 @@ def numpy_crf_mean_field(unary_logits, image, iters, theta_alpha=8.0, theta_beta
               + w_smooth * np.exp(-position_sq / (2 * theta_gamma**2)))
     if not include_self:
         np.fill_diagonal(kernel, 0.0)
+    if row_normalised:
+        kernel = kernel / kernel.sum(axis=1, keepdims=True)
 
     def softmax(scores):
-        scores = scores - scores.max(axis=0, keepdims=True)
-        return np.exp(scores) / np.exp(scores).sum(axis=0, keepdims=True)
+        scores = scores - scores.max(axis=softmax_axis, keepdims=True)
+        return np.exp(scores) / np.exp(scores).sum(axis=softmax_axis, keepdims=True)
 
     q = softmax(logits)
     for _ in range(iters):
-        q = softmax(logits + sign * (kernel @ q.T).T)
+        scores = logits + sign * (kernel @ q.T).T
+        with np.errstate(over="ignore"):
+            q = softmax(scores) if normalise_q else np.exp(scores)
     return _like(q.reshape(unary_logits.shape), unary_logits)
 
 
@@ -436,6 +553,29 @@ def crf_subtracts_messages(*args, **kwargs):
     return numpy_crf_mean_field(*args, **kwargs, sign=-1.0)
 
 
+def crf_theta_not_doubled(unary_logits, image, iters, theta_alpha=8.0, theta_beta=0.1,
+                          theta_gamma=1.5, w_appearance=0.5, w_smooth=0.5):
+    """Mistake: exp(-d^2 / theta^2) instead of exp(-d^2 / (2 theta^2)) in every kernel."""
+    root = np.sqrt(0.5)
+    return numpy_crf_mean_field(unary_logits, image, iters, theta_alpha * root, theta_beta * root,
+                                theta_gamma * root, w_appearance, w_smooth)
+
+
+def crf_normalised_messages(*args, **kwargs):
+    """Mistake: every pixel's kernel row divided by its sum (averaged, not summed, messages)."""
+    return numpy_crf_mean_field(*args, **kwargs, row_normalised=True)
+
+
+def crf_unnormalised_q(*args, **kwargs):
+    """Mistake: Q <- exp(logits + K Q) after the start, never normalised over the labels."""
+    return numpy_crf_mean_field(*args, **kwargs, normalise_q=False)
+
+
+def crf_softmax_over_pixels(*args, **kwargs):
+    """Mistake: the softmax over the pixels (dim 1 of (C, N)) instead of over the labels."""
+    return numpy_crf_mean_field(*args, **kwargs, softmax_axis=1)
+
+
 # --------------------------------------------------------------------------------------------
 # The tests
 # --------------------------------------------------------------------------------------------
@@ -463,28 +603,45 @@ MISTAKES = [
     ("pixel_features", pixel_features_per_side),
     ("pixel_features", pixel_features_xy),
     ("pixel_features", pixel_features_unweighted),
+    ("pixel_features", pixel_features_pixel_centres),
+    ("pixel_features", pixel_features_minus_one),
     ("kmeans", kmeans_no_update),
     ("kmeans", kmeans_stale_labels),
     ("kmeans", kmeans_empty_nan),
+    ("kmeans", kmeans_empty_zero),
+    ("kmeans", kmeans_empty_reseeded),
     ("kmeans", kmeans_last_tie),
     ("affinity_matrix", affinity_sigma_squared),
+    ("affinity_matrix", affinity_two_sigma),
     ("affinity_matrix", affinity_not_squared),
     ("affinity_matrix", affinity_zero_diagonal),
     ("fiedler_vector", fiedler_smallest),
     ("fiedler_vector", fiedler_not_mapped_back),
     ("fiedler_vector", fiedler_unnormalised_laplacian),
+    ("fiedler_vector", fiedler_unit_length),
+    ("fiedler_vector", fiedler_wrong_end),
     ("ncut_bipartition", ncut_smallest),
     ("ncut_bipartition", ncut_third),
+    ("ncut_bipartition", ncut_median),
+    ("ncut_bipartition", ncut_ratio_cut),
+    ("ncut_bipartition", ncut_wrong_end),
     ("graph_cut_energy", energy_pairs_twice),
     ("graph_cut_energy", energy_eight_neighbours),
     ("graph_cut_energy", energy_swapped_unary),
     ("graph_cut_energy", energy_no_lambda),
+    ("graph_cut_energy", energy_wraparound),
     ("graph_cut_segment", segment_swapped_labels),
     ("graph_cut_segment", segment_ignores_lambda),
     ("graph_cut_segment", segment_lambda_twice),
+    ("graph_cut_segment", segment_lambda_half),
+    ("graph_cut_segment", segment_eight_neighbours),
     ("crf_mean_field", crf_ignores_image),
     ("crf_mean_field", crf_keeps_self),
     ("crf_mean_field", crf_subtracts_messages),
+    ("crf_mean_field", crf_theta_not_doubled),
+    ("crf_mean_field", crf_normalised_messages),
+    ("crf_mean_field", crf_unnormalised_q),
+    ("crf_mean_field", crf_softmax_over_pixels),
 ]
 
 
@@ -521,3 +678,202 @@ def test_graph_cut_references_are_unique_minima():
         best = scipy_graph_cut_segment(unary, lam)
         assert abs(float(loop_graph_cut_energy(best, unary, lam)) - energies[0]) < 1e-6
         assert torch.equal(best, swapped_maxflow_graph_cut_segment(unary, lam))
+
+
+# --------------------------------------------------------------------------------------------
+# Margins (issue 16, item 8): on any device, a mistake fails and a right answer passes
+# --------------------------------------------------------------------------------------------
+#
+# A GPU grader compares a student's outputs with CPU references under the cross-device
+# tolerance (segcourse.verify.tolerance_for: rtol 1e-2, atol 1e-3 times max(1, max|expected|)).
+# Each mistake must move some hidden case's output more than ten times that far; label outputs
+# (compared exactly) must have one right answer that float32 round-off cannot flip: no near-ties
+# in k-means, no Fiedler entry near 0, a strictly unique minimum cut.
+
+MARGIN = 10.0
+
+
+def _recorded_checks(function: str) -> dict:
+    """check id -> (cases, compare, tolerance override) of ``function``'s test cells, read by
+    running the cells with ``grading.check`` replaced by a recorder (and a correct function, so
+    that the visible cells' own asserts pass)."""
+    from checks import setup_namespace, test_cells
+    from segcourse import grading
+
+    correct = next(implementation for name, implementation in CORRECT if name == function)
+    recorded = {}
+
+    def record(check_id, fn, cases, *, compare="close", tolerance=None, seed=0, device=None):
+        recorded[check_id] = (list(cases), compare, dict(tolerance or {}))
+
+    for grade_id, source in test_cells(NOTEBOOK, function).items():
+        namespace = setup_namespace(NOTEBOOK)
+        proxy = types.SimpleNamespace(**{name: getattr(grading, name) for name in dir(grading)
+                                         if not name.startswith("__")})
+        proxy.check = record
+        namespace["grading"], namespace[function] = proxy, correct
+        exec(compile(source, f"{NOTEBOOK}:{grade_id}", "exec"), namespace)
+    return recorded
+
+
+_RECORDED: dict = {}
+
+
+def recorded_checks(function: str) -> dict:
+    if function not in _RECORDED:
+        _RECORDED[function] = _recorded_checks(function)
+    return _RECORDED[function]
+
+
+def distance(got, expected, mode: str, tol) -> float:
+    """How far ``got`` is from ``expected`` in units of the tolerance ``tol`` (above 1: fails).
+    Any difference in an exact or partition comparison, a shape, dtype or NaN mismatch: inf."""
+    from segcourse import verify
+
+    if isinstance(expected, list):
+        return max(distance(g, e, mode, tol) for g, e in zip(got, expected, strict=True))
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
+        return math.inf
+    if mode == "partition":
+        return 0.0 if verify.compare(got, expected, "partition") is None else math.inf
+    if mode == "exact" or not expected.is_floating_point():
+        return math.inf if bool((got != expected).any()) else 0.0
+    g, e = got.double(), expected.double()
+    if mode == "sign" and float((g + e).abs().sum()) < float((g - e).abs().sum()):
+        g = -g
+    if bool((torch.isnan(g) != torch.isnan(e)).any()):
+        return math.inf
+    allowed = tol.atol * max(1.0, float(e.abs().max())) + tol.rtol * e.abs()
+    return float(((g - e).abs().nan_to_num(posinf=math.inf) / allowed).max())
+
+
+def hidden_distances(function: str, implementation) -> list[float]:
+    """The distance of ``implementation``'s output from the reference, case by case, for the
+    hidden check of ``function``, under the cross-device tolerance."""
+    from segcourse import grading, verify
+
+    check_id = f"{NOTEBOOK}.{function}.hidden"
+    cases, mode, _ = recorded_checks(function)[check_id]
+    reference, entry = verify.load_reference(check_id, grading.references_dir())
+    assert reference["inputs_sha256"] == grading._fingerprint(cases), f"stale reference {check_id}"
+    cross_device = verify.tolerance_for("cpu", "cuda:0 (any GPU)", entry.get("tolerance"))
+    assert cross_device.rtol >= 1e-2 and cross_device.atol >= 1e-3
+    distances = []
+    for case, expected in zip(cases, reference["outputs"], strict=True):
+        torch.manual_seed(0)
+        try:
+            got = grading._to_plain(implementation(**{k: v.clone() if isinstance(v, torch.Tensor)
+                                                      else v for k, v in case.items()}))
+        except Exception:  # noqa: BLE001 (a crash fails the check on any device)
+            got = None
+        distances.append(distance(got, expected, mode, cross_device))
+    return distances
+
+
+@pytest.mark.parametrize(("function", "implementation"), MISTAKES,
+                         ids=[impl.__name__ for _, impl in MISTAKES])
+def test_every_mistake_is_far_beyond_the_cross_device_tolerance(function, implementation):
+    distances = hidden_distances(function, implementation)
+    assert max(distances) > MARGIN, (
+        f"{implementation.__name__}: the hidden cases move by at most {max(distances):.3g} "
+        f"cross-device tolerances ({[f'{d:.3g}' for d in distances]}), not more than {MARGIN}")
+
+
+@pytest.mark.parametrize(("function", "implementation"), CORRECT,
+                         ids=[impl.__name__ for _, impl in CORRECT])
+def test_correct_implementations_are_well_inside_the_cross_device_tolerance(function,
+                                                                            implementation):
+    distances = hidden_distances(function, implementation)
+    assert max(distances) < 0.1, (implementation.__name__, distances)
+
+
+def _kmeans_assignment_gaps(x, init_centers, iters):
+    """For every assignment step of Lloyd's algorithm (float64): the number of exact ties and the
+    smallest non-zero gap between a point's nearest and second-nearest squared distance."""
+    points, centers = _numpy(x), _numpy(init_centers).copy()
+    ties, smallest = 0, math.inf
+    for step in range(iters + 1):
+        distances = ((points[:, None] - centers[None]) ** 2).sum(axis=2)
+        if len(centers) > 1:
+            ordered = np.sort(distances, axis=1)
+            gaps = ordered[:, 1] - ordered[:, 0]
+            ties += int((gaps == 0).sum())
+            if (gaps > 0).any():
+                smallest = min(smallest, float(gaps[gaps > 0].min()))
+        if step == iters:
+            break
+        labels = distances.argmin(axis=1)
+        for j in range(len(centers)):
+            if (labels == j).any():
+                centers[j] = points[labels == j].mean(axis=0)
+    return ties, smallest
+
+
+def _exactly_representable(tensor) -> bool:
+    """Small integers: squared distances between them are exact in any float arithmetic."""
+    return bool((tensor == tensor.round()).all() and tensor.abs().max() <= 1024)
+
+
+def test_kmeans_cases_have_one_right_answer():
+    """No near-ties: every assignment gap is at least 1e-3 of the squared scale of the points
+    (10^4 float32 round-offs), except the deliberate exact ties of integer-valued cases, which
+    every arithmetic resolves alike (and the docstring's tie rule decides)."""
+    for check_id, (cases, _, _) in recorded_checks("kmeans").items():
+        for number, case in enumerate(cases, start=1):
+            ties, smallest = _kmeans_assignment_gaps(case["x"], case["init_centers"],
+                                                     case["iters"])
+            where = f"{check_id} case {number}"
+            if ties:
+                assert _exactly_representable(case["x"]), f"{where}: {ties} ties on real values"
+                assert _exactly_representable(case["init_centers"]), where
+            scale = max(1.0, float(case["x"].abs().max()) ** 2)
+            assert smallest >= 1e-3 * scale, f"{where}: a near-tie, gap {smallest:.3g}"
+
+
+def test_ncut_and_fiedler_cases_have_one_right_answer():
+    """The second eigenvalue is simple (far from the first and the third), so the Fiedler vector
+    is unique up to sign; for the partition, no entry of it is near 0."""
+    for function in ("fiedler_vector", "ncut_bipartition"):
+        for check_id, (cases, _, _) in recorded_checks(function).items():
+            for number, case in enumerate(cases, start=1):
+                values, vectors = _generalised(case["W"])
+                where = f"{check_id} case {number}"
+                assert values[1] - values[0] > 1e-4 and values[2] - values[1] > 0.1, (
+                    where, values[:3])
+                f = np.abs(vectors[:, 1])
+                if function == "ncut_bipartition":
+                    assert f.min() > 1e-2 * f.max(), f"{where}: min |f| / max |f| = {f.min() / f.max():.3g}"
+
+
+def _forced_flip_gap(unary, lam) -> float:
+    """min over pixels p of (the least energy with p's label flipped) - (the least energy): the
+    minimiser is unique exactly when this is > 0 (another labelling differs at some p)."""
+    costs = _numpy(unary)
+    costs = costs - costs.min(axis=0, keepdims=True)
+    height, width = costs.shape[1:]
+
+    def least_energy(forced=None):
+        graph = maxflow.Graph[float]()
+        nodes = graph.add_grid_nodes((height, width))
+        graph.add_grid_edges(nodes, float(lam))
+        source, sink = costs[1].copy(), costs[0].copy()
+        if forced is not None:
+            (i, j), label = forced
+            (sink if label == 1 else source)[i, j] += 1e9  # forbid the other label
+        graph.add_grid_tedges(nodes, source, sink)
+        graph.maxflow()
+        labels = torch.from_numpy(graph.get_grid_segments(nodes).astype(np.int64))
+        return labels, float(loop_graph_cut_energy(labels, unary.double(), lam))
+
+    best, energy = least_energy()
+    return min(least_energy(((i, j), 1 - int(best[i, j])))[1] - energy
+               for i, j in itertools.product(range(height), range(width)))
+
+
+def test_graph_cut_cases_have_one_right_answer():
+    """Every graph-cut case has a unique minimum cut, by a margin of at least 1e-3 in energy
+    (far above float32 round-off of the unaries)."""
+    for check_id, (cases, _, _) in recorded_checks("graph_cut_segment").items():
+        for number, case in enumerate(cases, start=1):
+            gap = _forced_flip_gap(case["unary"], case["lam"])
+            assert gap >= 1e-3, f"{check_id} case {number}: second-best labelling {gap:.3g} away"
