@@ -12,13 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segcourse import verify
+
 sys.path.insert(0, str(Path(__file__).parent))
 from checks import (  # noqa: E402
     assert_all_pass,
     assert_hidden_fails,
     run_test_cells,
+    setup_namespace,
     solution_namespace,
 )
+from checks import test_cells as cell_sources  # noqa: E402
 
 NB = "03_unpooling"
 
@@ -266,3 +270,162 @@ def test_segnet_decoder_independent_forward_passes(forward):
 )
 def test_segnet_decoder_mistakes_fail(forward):
     _hidden_fails("SegNetDecoder", _decoder_with(forward))
+
+
+# --- every hidden case has one right answer; mistakes fail by far more than any tolerance ------
+
+
+def captured_outputs(function, implementation, grade_id):
+    """check id -> list of (case, output) from running one test cell with ``implementation``.
+
+    The cell's ``grading.check`` is replaced by one that runs the cases on the CPU and keeps
+    the inputs and outputs (no comparison), so that the tests below can look at them.
+    """
+    from segcourse import grading
+
+    captured = {}
+
+    def check(check_id, fn, cases, **kwargs):
+        outputs = []
+        for case in cases:
+            torch.manual_seed(kwargs.get("seed", 0))
+            copy = grading._to_device(dict(case), torch.device("cpu"))
+            outputs.append((case, fn(**copy).detach()))
+        captured[check_id] = outputs
+
+    fake = type("FakeGrading", (), {})()
+    for name in ("randn", "rand", "randint", "seeded"):
+        setattr(fake, name, getattr(grading, name))
+    fake.check = check
+    namespace = setup_namespace(NB)
+    namespace.update(grading=fake, **{function: implementation})
+    exec(compile(cell_sources(NB, function)[grade_id], f"{NB}:{grade_id}", "exec"), namespace)
+    return captured
+
+
+def cross_device_ratio(got, expected):
+    """Largest |got - expected| over what the cross-device tolerance allows (verify.py's rule)."""
+    tolerance = verify.DEFAULT_TOLERANCE
+    scale = max(1.0, float(expected.abs().max()))
+    allowed = tolerance["cross_device_atol"] * scale + tolerance["cross_device_rtol"] * expected.abs()
+    return float(((got.double() - expected.double()).abs() / allowed.double()).max())
+
+
+def max_unpool_reversed_writes(x, indices, output_size):
+    """Correct, written in the opposite order: the last value of a plane is written first."""
+    n, c = x.shape[:2]
+    height, width = output_size
+    out = x.new_zeros(n, c, height * width)
+    out.scatter_(2, indices.reshape(n, c, -1).flip(-1), x.reshape(n, c, -1).flip(-1))
+    return out.reshape(n, c, height, width)
+
+
+def max_unpool_largest_wins(x, indices, output_size):
+    """Correct, another rule for duplicates: the largest value wins (scatter_reduce amax)."""
+    n, c = x.shape[:2]
+    height, width = output_size
+    out = torch.full((n, c, height * width), float("-inf"), dtype=x.dtype, device=x.device)
+    out.scatter_reduce_(2, indices.reshape(n, c, -1), x.reshape(n, c, -1), reduce="amax")
+    return out.masked_fill(out == float("-inf"), 0).reshape(n, c, height, width)
+
+
+def max_unpool_accumulate(x, indices, output_size):
+    """Mistake: adds values that share an index (what max pooling's gradient does) instead of
+    writing one of them."""
+    n, c = x.shape[:2]
+    height, width = output_size
+    out = x.new_zeros(n, c, height * width)
+    out.scatter_add_(2, indices.reshape(n, c, -1), x.reshape(n, c, -1))
+    return out.reshape(n, c, height, width)
+
+
+def test_max_unpool2d_duplicate_indices_carry_equal_values():
+    """Every case where two values of a plane share an index gives them the same value, so the
+    answer does not depend on the write order; the overlapping cases do have duplicates."""
+    duplicated_cases = 0
+    for grade_id in ("test_max_unpool2d", "hidden_max_unpool2d"):
+        for outputs in captured_outputs("max_unpool2d", _solution("max_unpool2d"), grade_id).values():
+            for case, _ in outputs:
+                x, indices = case["x"], case["indices"]
+                n, c = x.shape[:2]
+                flat_x, flat_i = x.reshape(n * c, -1), indices.reshape(n * c, -1)
+                found = False
+                for values, positions in zip(flat_x, flat_i, strict=True):
+                    for position in positions.unique():
+                        shared = values[positions == position]
+                        assert torch.all(shared == shared[0]), (case.keys(), position)
+                        found |= shared.numel() > 1
+                duplicated_cases += found
+    assert duplicated_cases >= 2, "the overlapping-window cases should have duplicate indices"
+
+
+@pytest.mark.parametrize("implementation", [max_unpool_reversed_writes, max_unpool_largest_wins])
+def test_max_unpool2d_any_write_order_passes(implementation):
+    _all_pass("max_unpool2d", implementation)
+
+
+def test_max_unpool2d_accumulating_duplicates_fails():
+    _hidden_fails("max_unpool2d", max_unpool_accumulate)
+
+
+def _round_to_tf32(tensor):
+    """Round float32 values to TF32's 10 mantissa bits (what a GPU's convolutions may use)."""
+    bits = tensor.float().contiguous().view(torch.int32)
+    rounded = (bits + 0x1000) & ~0x1FFF
+    return rounded.view(torch.float32)
+
+
+def forward_like_tf32(self, x, indices, sizes):
+    """Correct, with every convolution's inputs and weights rounded to TF32 precision: a stand-in
+    for grading on a GPU."""
+    for block, stage_indices, size in zip(self.blocks, reversed(indices), reversed(sizes), strict=True):
+        x = F.max_unpool2d(x, stage_indices, 2, 2, output_size=size)
+        conv, norm, relu = block
+        x = F.conv2d(_round_to_tf32(x), _round_to_tf32(conv.weight), conv.bias, padding=1)
+        x = relu(norm(x))
+    classifier = self.classifier
+    return F.conv2d(_round_to_tf32(x), _round_to_tf32(classifier.weight), classifier.bias)
+
+
+CLOSE_CHECKS = {
+    "nearest_unpool": [nearest_tiled],
+    "bed_of_nails_unpool": [nails_bottom_right, nails_centre],
+    "SegNetDecoder": [forward_nearest, forward_bed_of_nails],
+}
+
+
+@pytest.mark.parametrize(
+    "function, mistake",
+    [(function, mistake) for function, mistakes in CLOSE_CHECKS.items() for mistake in mistakes],
+    ids=lambda value: getattr(value, "__name__", value),
+)
+def test_mistakes_fail_far_beyond_the_cross_device_tolerance(function, mistake):
+    """A mistake fails the hidden check even under the cross-device tolerance (a GPU grader),
+    with room to spare: in some case its output is off by 100 times what that tolerance allows
+    (cases where the mistake is harmless, scale 1 say, are allowed)."""
+    solution = _solution(function)
+    if function == "SegNetDecoder":
+        mistake = _decoder_with(mistake)
+    expected = captured_outputs(function, solution, f"hidden_{function}")
+    got = captured_outputs(function, mistake, f"hidden_{function}")
+    ratios = [
+        cross_device_ratio(have, want)
+        for check_id, outputs in expected.items()
+        for (_, want), (_, have) in zip(outputs, got[check_id], strict=True)
+        if have.shape == want.shape  # a wrong shape fails anyway
+    ]
+    assert ratios and max(ratios) > 100, ratios
+
+
+def test_segnet_decoder_checks_hold_across_devices():
+    """TF32-rounded convolutions (a GPU grader) stay well within the cross-device tolerance of
+    the CPU references, and the logits are not just the classifier's bias: they spread."""
+    for grade_id in ("test_SegNetDecoder", "hidden_SegNetDecoder"):
+        expected = captured_outputs("SegNetDecoder", _solution("SegNetDecoder"), grade_id)
+        got = captured_outputs("SegNetDecoder", _decoder_with(forward_like_tf32), grade_id)
+        for check_id, outputs in expected.items():
+            for (_, want), (_, have) in zip(outputs, got[check_id], strict=True):
+                assert cross_device_ratio(have, want) < 0.5
+                per_pixel_spread = want.std(dim=(-2, -1)).min()
+                assert per_pixel_spread > 0.3, f"{check_id}: logits hardly vary over the pixels"
+
