@@ -110,3 +110,32 @@ def test_a_passing_check_says_the_grader_verified_it(refs, tmp_path):
     cell = graded_cell()
     assert score(cell, tmp_path / "res") == 2
     assert "verified by the grader" in cell.outputs[-1]["text"]
+
+
+def test_demo_cells_are_skipped_while_grading_but_graded_cells_never(tmp_path, monkeypatch):
+    """SafeExecute leaves a ``demo`` cell unexecuted (source kept, outputs replaced by a note),
+    runs the cells after it, and runs a graded cell even when it is tagged ``demo``."""
+    import json
+
+    from segcourse.grader.preprocessors import DEMO_NOTE, SafeExecute
+
+    monkeypatch.setenv("SEGCOURSE_SANDBOX", "none")
+    monkeypatch.setenv("SEGCOURSE_SCRATCH", str(tmp_path / "scratch"))
+    demo = nbformat.v4.new_code_cell("raise RuntimeError('a demo cell ran while grading')")
+    demo.metadata["tags"] = ["demo"]
+    demo.outputs = [nbformat.NotebookNode(output_type="stream", name="stdout", text="old\n")]
+    tagged_test = graded_cell()
+    tagged_test.source = "print('the graded cell ran')"
+    tagged_test.metadata["tags"] = ["demo"]
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1"), demo, nbformat.v4.new_code_cell("print(x + 1)"),
+        tagged_test])
+    notebook, _ = SafeExecute(kernel_name="python3", timeout=120).preprocess(
+        notebook, {"metadata": {"path": str(tmp_path)}})
+    skipped, after, test = notebook.cells[1:]
+    assert skipped.source == demo.source and skipped.execution_count is None
+    assert [o.get("text") for o in skipped.outputs] == [DEMO_NOTE]
+    assert after.outputs[0]["text"] == "2\n"
+    assert test.outputs[0]["text"] == "the graded cell ran\n"
+    report = json.loads((tmp_path / "scratch" / "report.json").read_text())
+    assert report["demo_skipped"] == [1] and report["crashed"] == []

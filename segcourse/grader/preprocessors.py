@@ -10,7 +10,12 @@ Wired into ``autograder/nbgrader_config.py``:
   points that depend on that cell and cannot multiply the grading time. A kernel that ignores
   interrupts or stops answering loses the cells from there on, nothing else. Everything that
   steers this (which cells crashed, the cap, the scratch) lives in the grader's process; the
-  kernel cannot write any of it.
+  kernel cannot write any of it. Code cells tagged ``demo`` (training runs, experiments,
+  figures, explorers, timings: cells no graded cell depends on) are not executed: the graded
+  notebook and the feedback keep their source, with the outputs replaced by a one-line note
+  (``DEMO_NOTE``), so a submission costs its exercises, not its experiments. A graded or
+  solution cell always runs, whatever its tags (a student cannot skip a test by tagging it;
+  ``tests/test_demo_cells.py`` rejects such a tag in the instructor notebooks).
 - ``ForgetDuplicates`` runs after nbgrader's ``DeduplicateIds``, which empties the nbgrader
   metadata of a duplicated cell but leaves an empty dict that then fails schema validation for
   the *whole* notebook; it removes the empty dict, so the copy is an ordinary cell.
@@ -48,12 +53,30 @@ from ..grading import MAX_SAVED_BYTES
 from ..runtime import device_name
 from ..verify import CHECK_CALL_PATTERN, ReferenceMissing, verify
 from .course import references_root
+from .record import DEMO_TAG
 from .sandbox import INSIDE_CONN, Limits, Sandbox
 
 __all__ = ["ForgetDuplicates", "SafeExecute", "ScoreChecks", "SandboxedKernelManager",
-           "MAX_CRASH_RETRIES"]
+           "MAX_CRASH_RETRIES", "DEMO_TAG", "DEMO_NOTE", "is_demo"]
 
 MAX_CRASH_RETRIES = 2
+
+#: What a skipped demo cell shows in the graded notebook and the feedback.
+DEMO_NOTE = ("[demo cell: not run while grading; no grade depends on it. Its output appears when "
+             "you run the notebook yourself.]\n")
+
+
+def is_demo(cell) -> bool:
+    """True for a code cell tagged ``demo`` that is neither a graded nor a solution cell.
+
+    A graded (test) or solution cell is never skipped, whatever its tags: a tag is part of the
+    submitted notebook, which the student controls.
+    """
+    if cell.get("cell_type") != "code":
+        return False
+    if DEMO_TAG not in cell.get("metadata", {}).get("tags", []):
+        return False
+    return not (is_grade(cell) or is_solution(cell))
 
 
 def _error_output(ename: str, message: str) -> NotebookNode:
@@ -128,6 +151,7 @@ class SafeExecute(Execute):
         scratch_root = Path(os.environ.get("SEGCOURSE_SCRATCH") or tempfile.mkdtemp(prefix="segcourse-"))
         resources["segcourse_scratch"] = str(scratch_root)
         original = copy.deepcopy(nb)
+        self._demo_skipped: list[int] = []
         skip: dict[int, str] = {}
         for attempt in range(MAX_CRASH_RETRIES + 1):
             trial = copy.deepcopy(original)
@@ -140,7 +164,8 @@ class SafeExecute(Execute):
         resources["segcourse_results_dir"] = str(scratch_root / f"attempt{attempt}" / "results")
         # for the driver's status column; the scratch root is the grader's, never the kernel's
         (scratch_root / "report.json").write_text(json.dumps(
-            {"crashed": sorted(skip), "stopped": self._stopped, "attempts": attempt + 1}))
+            {"crashed": sorted(skip), "stopped": self._stopped, "attempts": attempt + 1,
+             "demo_skipped": self._demo_skipped}))
         return trial, resources
 
     def _attempt(self, nb, resources, scratch: Path, limits: Limits, deadline: float,
@@ -202,6 +227,12 @@ class SafeExecute(Execute):
                 cell.outputs = [_error_output("NotRun", f"not run: cell {index} {why}.")]
 
     def preprocess_cell(self, cell, resources, index):
+        if is_demo(cell):
+            cell.outputs = [NotebookNode(output_type="stream", name="stdout", text=DEMO_NOTE)]
+            cell.execution_count = None
+            if index not in self._demo_skipped:
+                self._demo_skipped.append(index)
+            return cell, self.resources
         if index in self._skip:
             if cell.cell_type == "code":
                 cell.outputs = [_error_output(

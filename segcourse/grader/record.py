@@ -9,8 +9,15 @@ reference file ``<references>/<notebook>/<name>.pt`` and a manifest entry (check
 sha256, device, torch and CUDA versions, TF32 and determinism flags, seed, compare mode,
 tolerance).
 
-Cells tagged ``skip-reference`` (widget explorers, say) are skipped; IPython magics and shell
-lines (``%...``, ``!...``) are dropped; ``display`` prints.
+Cells tagged ``skip-reference`` (widget explorers, say) or ``demo`` are skipped; IPython magics
+and shell lines (``%...``, ``!...``) are dropped; ``display`` prints.
+
+Why ``demo`` cells are skipped here too: they hold no check (``tests/test_demo_cells.py``
+enforces it) and the grader's kernel does not run them either (``SafeExecute``), so a reference
+is recorded along the same path as the outputs it is compared with, and a reference run costs
+the exercises, not the training runs. The full notebook, demo cells included, is still checked
+against the same references by nbval (every check in feedback mode compares with them), and
+``tests/test_demo_cells.py`` runs each notebook without its demo cells and verifies every check.
 """
 
 from __future__ import annotations
@@ -30,18 +37,24 @@ import torch
 from ..verify import DEFAULT_TOLERANCE, MANIFEST, load_manifest, reference_path, sha256_of
 from .course import cell_source, notebook_cells, references_root
 
-__all__ = ["notebook_code", "record_references", "store_results", "update_manifest", "SKIP_TAG"]
+__all__ = ["notebook_code", "record_references", "run_notebook_code", "store_results",
+           "update_manifest", "SKIP_TAG", "DEMO_TAG", "RECORD_SKIP_TAGS"]
 
 SKIP_TAG = "skip-reference"
+#: A code cell that only demonstrates (a training run, an experiment, a figure, an explorer, a
+#: timing) and that no graded cell depends on: skipped while autograding and in reference runs.
+DEMO_TAG = "demo"
+RECORD_SKIP_TAGS = (SKIP_TAG, DEMO_TAG)
 
 
-def notebook_code(path: Path) -> str:
-    """The notebook's code cells as one Python program (magics dropped, tagged cells skipped)."""
+def notebook_code(path: Path, skip_tags: tuple[str, ...] = RECORD_SKIP_TAGS) -> str:
+    """The notebook's code cells as one Python program (magics dropped, cells carrying any of
+    ``skip_tags`` skipped)."""
     chunks = []
     for index, cell in enumerate(notebook_cells(path)):
         if cell.get("cell_type") != "code":
             continue
-        if SKIP_TAG in cell.get("metadata", {}).get("tags", []):
+        if set(skip_tags) & set(cell.get("metadata", {}).get("tags", [])):
             continue
         lines = [line for line in cell_source(cell).splitlines()
                  if not line.lstrip().startswith(("%", "!"))]
@@ -144,18 +157,26 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def run_notebook_code(path: Path, results: Path, device: str | None = None,
+                      skip_tags: tuple[str, ...] = RECORD_SKIP_TAGS,
+                      **run_kwargs) -> subprocess.CompletedProcess:
+    """Run the notebook's code (``notebook_code``) in a fresh Python process whose cwd is the
+    notebook's folder, with every ``grading.check`` saving its outputs into ``results``."""
+    env = dict(os.environ, SEGCOURSE_RESULTS_DIR=str(results), MPLBACKEND="Agg",
+               PYTHONUNBUFFERED="1")
+    if device:
+        env["SEGCOURSE_DEVICE"] = device
+    program = _PRELUDE + notebook_code(path, skip_tags)
+    return subprocess.run([sys.executable, "-c", program], cwd=path.parent, env=env, **run_kwargs)
+
+
 def record_references(path: Path, device: str | None = None, out: Path | None = None) -> list[str]:
-    """Run one notebook's code, in a subprocess whose cwd is the notebook's folder, and store
+    """Run one notebook's code (without its ``skip-reference`` and ``demo`` cells) and store
     every check's outputs as its reference. Returns the check ids recorded."""
     root = Path(out or references_root())
     with tempfile.TemporaryDirectory(prefix="segcourse-record-") as results:
-        env = dict(os.environ, SEGCOURSE_RESULTS_DIR=results, MPLBACKEND="Agg",
-                   PYTHONUNBUFFERED="1")
-        if device:
-            env["SEGCOURSE_DEVICE"] = device
         print(f"== {path.stem}: recording references on {device or 'the default device'}")
-        program = _PRELUDE + notebook_code(path)
-        done = subprocess.run([sys.executable, "-c", program], cwd=path.parent, env=env)
+        done = run_notebook_code(path, Path(results), device)
         if done.returncode != 0:
             raise SystemExit(f"{path.stem}: the reference run failed (exit {done.returncode}); "
                              "the old references are kept")
