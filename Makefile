@@ -34,14 +34,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# System packages: bubblewrap, the sandbox every submission is graded in. Installed with apt
-# when this runs as root on Debian/Ubuntu (CI does); otherwise it says what to install.
+# System packages: bubblewrap, the sandbox every submission is graded in, and PostgreSQL, the
+# gradebook server the tests start (tests/test_gradebook_pg.py; `segcourse grade --db`).
+# Installed with apt when this runs as root on Debian/Ubuntu (CI does); otherwise it says what
+# to install.
 system:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
 	  else \
 	    echo "bubblewrap is missing: install it (sudo apt-get install bubblewrap) to grade in a sandbox"; \
+	  fi; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "postgresql is missing: install it (sudo apt-get install postgresql) to test the PostgreSQL gradebook"; \
 	  fi; }
 
 # Students: the student versions (no solutions, no hidden tests, the visible tests' references)

@@ -29,18 +29,43 @@ def _grade(args) -> int:
     limits = Limits(memory=int(args.memory * 2**30), processes=args.processes,
                     file_size=int(args.file_size * 2**20), disk=int(args.disk * 2**30),
                     cpu=args.cpu, wall=args.wall)
+    options = {}
+    for item in args.cluster_option or []:
+        key, _, value = item.partition("=")
+        if not key or not _:
+            raise SystemExit(f"--cluster-option wants KEY=VALUE, got {item!r}")
+        options[key] = _option_value(value)
+    summary: dict = {}
     try:
         rows = grade(args.submitted, jobs=args.jobs, timeout=args.timeout,
-                     sandbox=not args.no_sandbox, limits=limits)
+                     sandbox=not args.no_sandbox, limits=limits, engine=args.engine,
+                     scheduler=args.scheduler, db=args.db, force=args.force,
+                     cluster_options=options, summary=summary)
     except KeyboardInterrupt:
         print("segcourse grade: interrupted; every sandbox was stopped and its scratch removed "
-              "(grades written so far are in the gradebook)", file=sys.stderr)
+              "(grades written so far are in the gradebook; run the same command again to "
+              "grade the rest)", file=sys.stderr)
         return 130
     print(format_table(rows))
+    print(f"\n{summary.get('graded', 0)} graded, {summary.get('unchanged', 0)} unchanged and "
+          "already graded (not graded again; --force regrades them)"
+          + (f", on {summary['engine']} with {summary['workers']} worker(s)"
+             if summary.get("engine") else "")
+          + f", in {summary.get('seconds', 0):.0f} s")
     if args.out:
         write_csv(rows, args.out)
-        print(f"\nwrote {args.out}")
+        print(f"wrote {args.out}")
     return 0
+
+
+def _option_value(text: str):
+    """--cluster-option values: numbers and JSON (lists, dicts) as such, else the string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _references(args) -> int:
@@ -79,7 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     grade = commands.add_parser("grade", help="autograde SUBMITTED_DIR/STUDENT/ASSIGNMENT/*.ipynb")
     grade.add_argument("submitted", metavar="SUBMITTED_DIR")
-    grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel")
+    grade.add_argument("--jobs", type=int, default=1,
+                       help="submissions graded in parallel (with --engine dask/slurm/kubernetes: "
+                            "the number of workers)")
+    grade.add_argument("--engine", choices=["local", "dask", "slurm", "kubernetes"],
+                       default="local",
+                       help="local: processes on this machine (default); dask: a Dask LocalCluster "
+                            "of --jobs workers; slurm / kubernetes: a Dask cluster of --jobs "
+                            "workers through dask-jobqueue / the dask-kubernetes operator")
+    grade.add_argument("--scheduler", metavar="ADDRESS",
+                       help="grade on the running Dask cluster at ADDRESS (tcp://host:8786)")
+    grade.add_argument("--cluster-option", action="append", metavar="KEY=VALUE",
+                       help="passed to the cluster (SLURMCluster / KubeCluster), e.g. "
+                            "queue=cpu, walltime=02:00:00, image=registry/segcourse:1")
+    grade.add_argument("--db", metavar="URL",
+                       help="the gradebook: sqlite:///file.db or postgresql://user@host/db "
+                            "(default $SEGCOURSE_GRADEBOOK_URL or autograder/gradebook.db)")
+    grade.add_argument("--force", action="store_true",
+                       help="grade again submissions already graded and unchanged")
     grade.add_argument("--out", help="write a CSV (student, assignment, score, max_score, status)")
     grade.add_argument("--timeout", type=int, default=None,
                        help="seconds per cell before it is interrupted (default 600)")

@@ -380,6 +380,7 @@ def _grade(segcourse, submitted: Path, out: Path, env: dict) -> tuple[subprocess
     start = time.perf_counter()
     done = subprocess.run(
         segcourse + ["grade", str(submitted), "--jobs", "2", "--out", str(out), "--timeout", "20",
+                     "--force",  # the honest submission, graded alone first, is graded again
                      "--wall", "240", "--memory", "6", "--file-size", "64"],
         env=env, capture_output=True, text=True, timeout=2400,
     )

@@ -1,12 +1,16 @@
 """Release and autograde with nbgrader: the engine of ``segcourse release`` and ``segcourse grade``.
 
 Grading runs one ``nbgrader autograde`` process per (student, assignment), ``jobs`` at a time,
-all writing to the one gradebook. Each runs its kernel in its own sandbox (``sandbox.py``,
-``SafeExecute``) on a staged copy of the submission, so submitted files are only ever read. The
-driver owns every sandbox's scratch and removes it when the submission is done, also when
-grading is interrupted; a submission that runs past its wall-clock cap is stopped. Afterwards
-the gradebook is audited: a score above the maximum, or a manual score or extra credit in the
-gradebook, is flagged in the table and the CSV instead of "ok".
+on this machine (default) or on a Dask cluster (``engine.py``), all writing to one gradebook
+(``gradebook.py``: SQLite, or PostgreSQL for many writers, conflicts retried). Each runs its
+kernel in its own sandbox (``sandbox.py``, ``SafeExecute``) on a staged copy of the submission,
+so submitted files are only ever read. Whoever runs a submission owns its sandbox's scratch and
+removes it when the submission is done, also when grading is interrupted; a submission that runs
+past its wall-clock cap is stopped. A submission already graded, unchanged (same key: files,
+release, references, settings), is not graded again unless forced; an interrupted batch run
+again grades what is left. Afterwards the gradebook is audited: a score above the maximum, or a
+manual score or extra credit in the gradebook, is flagged in the table and the CSV instead of
+"ok".
 """
 
 from __future__ import annotations
@@ -14,30 +18,28 @@ from __future__ import annotations
 import csv
 import json
 import os
-import queue
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..verify import MANIFEST, load_manifest
-from .course import check_ids_in_notebook, course_dir, find_notebooks
-from .sandbox import Limits, Sandbox, claim_slot, orphaned_processes, sandbox_problem
+from . import engine, gradebook
+from .course import check_ids_in_notebook, course_dir, find_notebooks, references_root
+from .gradebook import db_url
+from .sandbox import Limits, Sandbox, orphaned_processes, sandbox_problem
 
 __all__ = ["release", "grade", "GradeRow", "write_csv", "format_table", "copy_visible_references"]
 
-MAX_BUSY_RETRIES = 8
 MAX_SUBMITTED_FILE = 100 * 2**20  # a file of a submission larger than this is not graded
-GRADER_MARGIN = 180  # seconds the nbgrader process may take beyond the notebook's cap
 
 
 def _with_env_bin(env: dict) -> dict:
@@ -115,34 +117,21 @@ def _submissions(submitted: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _ensure_in_gradebook(assignments: set[str]) -> None:
+def _ensure_in_gradebook(assignments: set[str], url: str) -> None:
     """nbgrader grades against the source notebooks recorded by generate_assignment."""
     from nbgrader.api import Gradebook, MissingEntry
 
     known = {path.stem for path in find_notebooks()}
     for name in sorted(assignments & known):
-        with Gradebook(_db_url()) as gradebook:
+        with Gradebook(url, COURSE_ID) as book:
             try:
-                gradebook.find_assignment(name)
+                book.find_assignment(name)
                 if (course_dir() / "release" / name).is_dir():
                     continue
             except MissingEntry:
                 pass
-        _nbgrader("generate_assignment", name, "--force")
-
-
-def _db_url() -> str:
-    return os.environ.get("SEGCOURSE_GRADEBOOK_URL", f"sqlite:///{course_dir() / 'gradebook.db'}")
-
-
-def _release_files(assignment: str) -> list[Path]:
-    """What the release ships beside the notebook (data files, say), without its references:
-    the kernel needs no reference while autograding."""
-    folder = course_dir() / "release" / assignment
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name != "references" and p.suffix != ".ipynb" and not p.is_symlink())
+        _nbgrader("generate_assignment", name, "--force",
+                  env=dict(os.environ, SEGCOURSE_GRADEBOOK_URL=url))
 
 
 def _stage(submitted: Path, stage: Path, student: str, assignment: str) -> str:
@@ -167,134 +156,6 @@ def _stage(submitted: Path, stage: Path, student: str, assignment: str) -> str:
     return note
 
 
-class _Slots:
-    """``jobs`` sandbox slots claimed on this machine for the batch: each running submission
-    has its own uid and scratch, and no other grader uses them meanwhile."""
-
-    def __init__(self, jobs: int, stack: ExitStack):
-        self.claimed = [stack.enter_context(claim_slot()) for _ in range(jobs)]
-        self._free: queue.Queue[int] = queue.Queue()
-        for slot in self.claimed:
-            self._free.put(slot)
-
-    def take(self) -> int:
-        return self._free.get()
-
-    def give(self, slot: int) -> None:
-        self._free.put(slot)
-
-
-class _Batch:
-    """Running nbgrader processes, so that an interrupted batch leaves nothing behind."""
-
-    def __init__(self):
-        self.processes: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
-        self.stopping = False
-
-    def run(self, command: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
-        with self.lock:
-            if self.stopping:
-                return None, "grading was interrupted"
-            process = subprocess.Popen(command, cwd=course_dir(), env=env, text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            self.processes.add(process)
-        try:
-            output, _ = process.communicate(timeout=timeout)
-            return process.returncode, output
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            output, _ = process.communicate()
-            return None, output + f"\n(stopped: grading took more than {timeout:.0f} s)"
-        finally:
-            with self.lock:
-                self.processes.discard(process)
-
-    def stop(self) -> None:
-        with self.lock:
-            self.stopping = True
-            for process in self.processes:
-                _kill_group(process)
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _autograde_one(student: str, assignment: str, stage: Path, slots: _Slots, batch: _Batch,
-                   options: dict) -> str:
-    """Autograde one submission in its sandbox; returns a status string."""
-    slot = slots.take()
-    scratch = Path(tempfile.mkdtemp(prefix=f"{student}-{assignment}-", dir=options["scratch"]))
-    try:
-        env = _with_env_bin(dict(os.environ))
-        # the kernel's working folder: the files the release ships, then the student's own
-        # (their notebook included); never the release's references
-        files = _release_files(assignment) + sorted((stage / student / assignment).iterdir())
-        env.update(SEGCOURSE_SUBMITTED_DIR=str(stage), SEGCOURSE_SCRATCH=str(scratch),
-                   SEGCOURSE_SANDBOX="bwrap" if options["sandbox"] else "none",
-                   SEGCOURSE_SANDBOX_SLOT=str(slot),
-                   SEGCOURSE_LIMITS=json.dumps(asdict(options["limits"])),
-                   SEGCOURSE_RELEASE_FILES=json.dumps([str(p) for p in files]),
-                   SEGCOURSE_THREADS=str(options["threads"]),
-                   PYTHONUNBUFFERED="1")
-        if options["timeout"]:
-            env["SEGCOURSE_CELL_TIMEOUT"] = str(options["timeout"])
-        command = [sys.executable, "-m", "nbgrader", "autograde", assignment,
-                   "--student", student, "--force"]
-        cap = (options["limits"].wall or 10**6) + GRADER_MARGIN
-        for busy_tries in range(MAX_BUSY_RETRIES + 1):
-            code, log = batch.run(command, env, cap)
-            if code == 0:
-                return _status_from_report(scratch / "report.json")
-            if "database is locked" in log and busy_tries < MAX_BUSY_RETRIES:
-                time.sleep(0.5 * (busy_tries + 1))
-                continue
-            _keep_log(student, assignment, log)
-            return _failure_status(log)
-        return "error: the gradebook stayed busy"
-    finally:
-        Sandbox(scratch, slot=slot).close()  # its attempts' sandboxes too
-        slots.give(slot)
-
-
-def _status_from_report(path: Path) -> str:
-    """"ok", plus what SafeExecute had to do (crashed cells skipped, a kernel that stopped)."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return "ok"
-    notes = []
-    if report.get("crashed"):
-        notes.append(f"cells {report['crashed']} crashed the kernel; skipped")
-    if report.get("stopped") and "crashed" not in report["stopped"]:
-        notes.append(f"stopped at {report['stopped']}; later cells not run")
-    return "ok" if not notes else f"ok ({'; '.join(notes)})"
-
-
-def _keep_log(student: str, assignment: str, log: str) -> None:
-    """nbgrader's log of a failed submission, for the instructor: autograded/STUDENT/ASSIGNMENT.log."""
-    folder = course_dir() / "autograded" / student
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{assignment}.log").write_text(log)
-
-
-def _failure_status(log: str) -> str:
-    if "NotJSONError" in log or "Notebook does not appear to be JSON" in log or "Unreadable" in log:
-        return "error: the notebook file is not a valid notebook"
-    if "(stopped: grading took more than" in log:
-        return "error: " + log.rsplit("(stopped: ", 1)[1].rstrip(")\n")
-    generic = ("Please see the", "There was an error processing", "Removing failed")
-    lines = [line.strip() for line in log.splitlines()
-             if ("Error" in line or "error" in line) and not any(g in line for g in generic)]
-    return "error: " + (lines[-1][:160] if lines else "autograding failed") + \
-        " (nbgrader's log: autograded/STUDENT/ASSIGNMENT.log)"
-
-
 def _audit(gradebook, student: str, assignment: str, status: str) -> tuple[float, list[str]]:
     """The submission's score and what in the gradebook needs a person's look."""
     from nbgrader.api import MissingEntry
@@ -316,11 +177,11 @@ def _audit(gradebook, student: str, assignment: str, status: str) -> tuple[float
     return (score if status.startswith("ok") else 0.0), flags
 
 
-def _scores(pairs, statuses: dict, notes: dict, sandboxed: bool) -> list[GradeRow]:
+def _scores(pairs, statuses: dict, notes: dict, sandboxed: bool, url: str) -> list[GradeRow]:
     from nbgrader.api import Gradebook, MissingEntry
 
     rows = []
-    with Gradebook(_db_url()) as gradebook:
+    with Gradebook(url, COURSE_ID) as gradebook:
         for student, assignment in pairs:
             status = statuses[(student, assignment)]
             try:
@@ -347,10 +208,21 @@ def _clean_stale(scratch_root: Path) -> None:
         Sandbox(stale).close()
 
 
+COURSE_ID = "segcourse"  # CourseDirectory.course_id in autograder/nbgrader_config.py
+
+
 def grade(submitted: Path | str, jobs: int = 1, timeout: int | None = None,
-          sandbox: bool = True, limits: Limits | None = None) -> list[GradeRow]:
+          sandbox: bool = True, limits: Limits | None = None, *, engine: str = "local",
+          scheduler: str | None = None, db: str | None = None, force: bool = False,
+          cluster_options: dict | None = None, summary: dict | None = None) -> list[GradeRow]:
     """Autograde every ``submitted/STUDENT/ASSIGNMENT/*.ipynb``; ``jobs`` in parallel.
 
+    ``engine``: ``local`` (threads on this machine), ``dask`` (a Dask LocalCluster of ``jobs``
+    workers), ``slurm`` or ``kubernetes`` (see ``engine.make_cluster``); ``scheduler``: the
+    address of a running Dask cluster. ``db``: the gradebook's URL (default
+    ``$SEGCOURSE_GRADEBOOK_URL`` or the SQLite file). A submission already graded with the same
+    key (``gradebook.submission_key``) is not graded again unless ``force``. ``summary``, when
+    given, receives counts (graded, unchanged, engine, workers, seconds).
     ``sandbox=False`` runs kernels with the grader's rights (every row says "unsandboxed").
     """
     submitted = Path(submitted).resolve()
@@ -367,8 +239,12 @@ def grade(submitted: Path | str, jobs: int = 1, timeout: int | None = None,
     limits = limits or Limits()
     scratch_root = course_dir() / ".grading"
     scratch_root.mkdir(parents=True, exist_ok=True)
+    options = dict(jobs=max(1, jobs), timeout=timeout, sandbox=sandbox, limits=limits,
+                   engine=engine, scheduler=scheduler, url=db_url(db), force=force,
+                   cluster_options=cluster_options)
+    summary = summary if summary is not None else {}
     with _only_grader(scratch_root / ".lock"):
-        return _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root)
+        return _grade_batch(submitted, pairs, scratch_root, options, summary)
 
 
 @contextmanager
@@ -388,46 +264,87 @@ def _only_grader(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _grade_batch(submitted, pairs, jobs, timeout, sandbox, limits, scratch_root) -> list[GradeRow]:
+def _graded_in_gradebook(url: str, assignments: set[str]) -> set[tuple[str, str]]:
+    """(student, assignment) pairs that have a submission in the gradebook."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    found = set()
+    with Gradebook(url, COURSE_ID) as gradebook:
+        for assignment in sorted(assignments):
+            try:
+                for submission in gradebook.assignment_submissions(assignment):
+                    found.add((submission.student_id, assignment))
+            except MissingEntry:
+                pass
+    return found
+
+
+def _grade_batch(submitted, pairs, scratch_root, options, summary) -> list[GradeRow]:
+    start = time.monotonic()
+    url, limits, sandbox = options["url"], options["limits"], options["sandbox"]
     _clean_stale(scratch_root)
     stage = scratch_root / "submitted"
     shutil.rmtree(stage, ignore_errors=True)
     notes = {pair: _stage(submitted, stage, *pair) for pair in pairs}
     _with_env_bin(os.environ)  # the gradebook is opened in this process too
-    _ensure_in_gradebook({assignment for _, assignment in pairs})
-    # each kernel gets its share of the cores (or what OMP_NUM_THREADS says)
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    options = dict(scratch=scratch_root, sandbox=sandbox, limits=limits, timeout=timeout,
-                   threads=threads)
+    assignments = {assignment for _, assignment in pairs}
+    gradebook.prepare(url, COURSE_ID, {student for student, _ in pairs})
+    _ensure_in_gradebook(assignments, url)
+
+    # what is already graded, unchanged, is not graded again (unless forced)
+    settings = {"limits": asdict(limits), "timeout": options["timeout"], "sandbox": sandbox}
+    keys = {pair: gradebook.submission_key(stage / pair[0] / pair[1], pair[1], settings)
+            for pair in pairs}
+    ledger = gradebook.Ledger(url)
+    records = {} if options["force"] else ledger.lookup()
+    present = _graded_in_gradebook(url, assignments) if records else set()
+    statuses, todo = {}, []
+    for pair in pairs:
+        record = records.get(pair)
+        if record and record[0] == keys[pair] and pair in present:
+            statuses[pair] = record[1]
+        else:
+            todo.append(pair)
+    ledger.forget(todo)  # a grading cut short must not leave a record claiming it was done
+    summary.update(submissions=len(pairs), unchanged=len(pairs) - len(todo), graded=0)
+
+    # each kernel gets its share of the cores (or what OMP_NUM_THREADS says); on a remote
+    # cluster each worker works it out for its own machine
+    jobs = options["jobs"]
+    threads = None if options["scheduler"] else int(
+        os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+    batch_id = secrets.token_hex(6)
+    env = {"SEGCOURSE_COURSE_DIR": str(course_dir()), "SEGCOURSE_GRADEBOOK_URL": url,
+           "SEGCOURSE_REFERENCES": str(references_root().resolve())}
+    specs = [dict(course=str(course_dir()), stage=str(stage), scratch=str(scratch_root),
+                  env=env, student=student, assignment=assignment, batch=batch_id,
+                  limits=asdict(limits), timeout=options["timeout"], sandbox=sandbox,
+                  threads=threads)
+             for student, assignment in todo]
     _kill_orphans()
-    stack = ExitStack()
-    slots, batch = _Slots(max(1, jobs), stack), _Batch()
-    statuses = {}
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futures = {pair: pool.submit(_autograde_one, *pair, stage, slots, batch, options)
-                       for pair in pairs}
-            try:
-                for pair, future in tqdm(futures.items(), desc="autograde", unit="submission"):
-                    try:
-                        statuses[pair] = future.result()
-                    except Exception as error:  # never lose the batch to one submission
-                        statuses[pair] = f"error: {type(error).__name__}: {error}"
-            except BaseException:
-                batch.stop()
-                for future in futures.values():
-                    future.cancel()
-                raise
+        if specs:
+            with engine.make_engine(options["engine"], jobs, options["scheduler"],
+                                    options["cluster_options"]) as runner:
+                runner.check(course_dir(), url, sandbox)
+                summary.update(engine=runner.name, workers=runner.workers)
+                for spec, result in tqdm(runner.run(specs), total=len(specs), desc="autograde",
+                                         unit="submission"):
+                    pair = (spec["student"], spec["assignment"])
+                    statuses[pair] = result["status"]
+                    if result.get("final"):
+                        ledger.record(*pair, keys[pair], result["status"])
+                        summary["graded"] += 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        for slot in slots.claimed:
-            Sandbox(scratch_root / "none", slot=slot).kill_leftovers()
-        stack.close()
+        ledger.close()
+        _kill_orphans()
         shutil.rmtree(stage, ignore_errors=True)
         _clean_stale(scratch_root)
-    return _scores(pairs, statuses, notes, sandbox)
+    summary["seconds"] = time.monotonic() - start
+    return _scores(pairs, statuses, notes, sandbox, url)
 
 
 def _kill_orphans() -> None:
@@ -446,7 +363,6 @@ def _main_thread() -> bool:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
-
 
 def write_csv(rows: list[GradeRow], path: Path | str) -> None:
     """Write the grades atomically (a reader never sees half a file)."""
