@@ -5,6 +5,8 @@ namespace made by the notebook's setup cell (``checks.run_test_cells``), and is 
 recorded references in ``autograder/references/02_fcn``.
 """
 
+import copy
+import math
 import sys
 from pathlib import Path
 
@@ -16,11 +18,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from checks import (  # noqa: E402
+    REPO,
     assert_all_pass,
     assert_hidden_fails,
     run_test_cells,
     solution_namespace,
 )
+
+from segcourse import grading  # noqa: E402
+from segcourse.verify import DEFAULT_TOLERANCE, load_reference  # noqa: E402
 
 NB = "02_fcn"
 
@@ -61,6 +67,7 @@ def test_solution_passes_and_blank_fails(function):
 
 def _conv_like(linear, in_channels, kernel_size, weight):
     conv = nn.Conv2d(in_channels, linear.out_features, kernel_size, bias=linear.bias is not None)
+    conv = conv.to(linear.weight)  # the linear layer's dtype and device
     with torch.no_grad():
         conv.weight.copy_(weight)
         if linear.bias is not None:
@@ -71,7 +78,8 @@ def _conv_like(linear, in_channels, kernel_size, weight):
 def fc_to_conv_by_probing(linear, in_channels, kernel_size):
     """Read the weight off the layer's responses to one-hot feature maps."""
     size = in_channels * kernel_size**2
-    basis = torch.eye(size).reshape(size, in_channels, kernel_size, kernel_size)
+    basis = torch.eye(size, dtype=linear.weight.dtype, device=linear.weight.device)
+    basis = basis.reshape(size, in_channels, kernel_size, kernel_size)
     with torch.no_grad():
         responses = F.linear(basis.flatten(1), linear.weight)  # (size, out): column per input
     weight = responses.T.reshape(linear.out_features, in_channels, kernel_size, kernel_size)
@@ -85,9 +93,11 @@ def fc_to_conv_unflatten(linear, in_channels, kernel_size):
 
 def fc_to_conv_channels_last(linear, in_channels, kernel_size):
     """Mistake: reads the flattened input as (row, column, channel)."""
-    weight = linear.weight.detach().reshape(
-        linear.out_features, kernel_size, kernel_size, in_channels
-    ).permute(0, 3, 1, 2)
+    weight = (
+        linear.weight.detach()
+        .reshape(linear.out_features, kernel_size, kernel_size, in_channels)
+        .permute(0, 3, 1, 2)
+    )
     return _conv_like(linear, in_channels, kernel_size, weight)
 
 
@@ -117,6 +127,38 @@ def test_fc_to_conv_independent_implementations_pass(implementation):
 )
 def test_fc_to_conv_mistakes_fail(mistake):
     _hidden_fails("fc_to_conv", mistake)
+
+
+def fc_to_conv_default_dtype(linear, in_channels, kernel_size):
+    """Mistake: a float32 CPU convolution whatever the linear layer's dtype and device."""
+    conv = nn.Conv2d(in_channels, linear.out_features, kernel_size, bias=linear.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.reshape(conv.weight.shape))
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    return conv
+
+
+def test_fc_to_conv_keeps_dtype_and_device():
+    """The docstring's promise: the convolution has the dtype and the device of ``linear``."""
+    fc_to_conv = _solution("fc_to_conv")
+    linear = nn.Linear(3 * 2 * 2, 5).double()
+    conv = fc_to_conv(linear, 3, 2)
+    assert conv.weight.dtype == conv.bias.dtype == torch.float64
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    expected = F.conv2d(x, linear.weight.reshape(5, 3, 2, 2), linear.bias)
+    torch.testing.assert_close(conv(x), expected)
+    with torch.device("meta"):  # another device, without a GPU
+        on_meta = nn.Linear(3 * 2 * 2, 5, bias=False)
+    converted = fc_to_conv(on_meta, 3, 2)
+    assert converted.weight.device.type == "meta" and converted.bias is None
+    half = fc_to_conv(nn.Linear(8, 2).to(torch.bfloat16), 8, 1)
+    assert half.weight.dtype == half.bias.dtype == torch.bfloat16
+
+
+def test_fc_to_conv_losing_dtype_fails_visible_and_hidden():
+    outcome = run_test_cells(NB, "fc_to_conv", fc_to_conv_default_dtype)
+    assert outcome["test_fc_to_conv"] is not None and outcome["hidden_fc_to_conv"] is not None
 
 
 # --- receptive_field --------------------------------------------------------------------------
@@ -221,9 +263,7 @@ def bilinear_kernel_half_size_factor(in_channels, out_channels, kernel_size):
     return weight
 
 
-@pytest.mark.parametrize(
-    "implementation", [bilinear_kernel_fcn_numpy, bilinear_kernel_symmetric]
-)
+@pytest.mark.parametrize("implementation", [bilinear_kernel_fcn_numpy, bilinear_kernel_symmetric])
 def test_bilinear_kernel_independent_implementations_pass(implementation):
     _all_pass("bilinear_kernel", implementation)
 
@@ -244,8 +284,11 @@ def test_bilinear_kernel_is_interpolation_inside():
         weight = bilinear_kernel_fcn_numpy(2, 2, size)
         up = F.conv_transpose2d(scores, weight, stride=factor, padding=padding)
         ref = F.interpolate(scores, scale_factor=factor, mode="bilinear", align_corners=False)
-        assert torch.allclose(up[..., padding:-padding, padding:-padding],
-                              ref[..., padding:-padding, padding:-padding], atol=1e-6)
+        assert torch.allclose(
+            up[..., padding:-padding, padding:-padding],
+            ref[..., padding:-padding, padding:-padding],
+            atol=1e-6,
+        )
 
 
 # --- FCN.forward ------------------------------------------------------------------------------
@@ -264,8 +307,11 @@ def forward_with_narrow(self, x):
         y = stage(y)
         features[level] = y
     score = self.score_fr(self.fc(y))
-    skips = {"32s": [], "16s": [("upscore2", "score_pool4", 4)],
-             "8s": [("upscore2", "score_pool4", 4), ("upscore_pool4", "score_pool3", 3)]}
+    skips = {
+        "32s": [],
+        "16s": [("upscore2", "score_pool4", 4)],
+        "8s": [("upscore2", "score_pool4", 4), ("upscore_pool4", "score_pool3", 3)],
+    }
     for up, scorer, level in skips[self.variant]:
         skip = getattr(self, scorer)(features[level])
         upsampled = getattr(self, up)(score)
@@ -284,8 +330,7 @@ def forward_functional(self, x):
     score = self.score_fr(self.fc(pools[-1]))
 
     def up(module, t):
-        return F.conv_transpose2d(t, module.weight, stride=module.stride,
-                                  padding=module.padding)
+        return F.conv_transpose2d(t, module.weight, stride=module.stride, padding=module.padding)
 
     if self.variant == "32s":
         out = up(self.upscore32, score)
@@ -412,3 +457,188 @@ def test_fcn_independent_forwards_pass(forward):
 )
 def test_fcn_mistakes_fail(forward):
     _hidden_fails("FCN", _fcn_with(forward))
+
+
+# --- FCN.forward: more mistakes, and their distance from the reference -----------------------
+
+
+def _forward_with(self, x, crop, upsample, pool4=1.0, pool3=1.0):
+    """FCN.forward with the crop, the upsampling and the skip weights swapped for others."""
+    height, width = x.shape[-2:]
+    pools = []
+    for stage in self.stages:
+        x = stage(x)
+        pools.append(x)
+    score = self.score_fr(self.fc(pools[4]))
+    if self.variant == "32s":
+        return crop(upsample(self.upscore32, score, (height, width)), height, width)
+    s4 = self.score_pool4(pools[3])
+    fused = crop(upsample(self.upscore2, score, s4.shape[-2:]), *s4.shape[-2:]) + pool4 * s4
+    if self.variant == "16s":
+        return crop(upsample(self.upscore16, fused, (height, width)), height, width)
+    s3 = self.score_pool3(pools[2])
+    fused = crop(upsample(self.upscore_pool4, fused, s3.shape[-2:]), *s3.shape[-2:]) + pool3 * s3
+    return crop(upsample(self.upscore8, fused, (height, width)), height, width)
+
+
+def _top_left(t, height, width):
+    return t[..., :height, :width]
+
+
+def _bottom_right(t, height, width):
+    return t[..., t.shape[-2] - height :, t.shape[-1] - width :]
+
+
+def _module(module, t, size):
+    return module(t)
+
+
+def _interpolate(mode, align_corners=None):
+    def upsample(module, t, size):
+        return F.interpolate(t, size=tuple(size), mode=mode, align_corners=align_corners)
+
+    return upsample
+
+
+def forward_skips_scaled(self, x):
+    """Mistake: Caffe's FCN-at-once scaling (pool4 scores x 0.01, pool3 x 0.0001) copied in."""
+    return _forward_with(self, x, _top_left, _module, pool4=0.01, pool3=1e-4)
+
+
+def forward_without_pool4(self, x):
+    """Mistake: FCN-16s / 8s without the pool4 skip."""
+    return _forward_with(self, x, _top_left, _module, pool4=0.0)
+
+
+def forward_crop_bottom_right(self, x):
+    """Mistake: keeps the bottom-right corner (cuts the top and left) when cropping."""
+    return _forward_with(self, x, _bottom_right, _module)
+
+
+def forward_align_corners(self, x):
+    """Mistake: F.interpolate(bilinear, align_corners=True) instead of the upscore layers."""
+    return _forward_with(self, x, _top_left, _interpolate("bilinear", True))
+
+
+def forward_bilinear_interpolate(self, x):
+    """Mistake: F.interpolate(bilinear) instead of the (learnable) upscore layers."""
+    return _forward_with(self, x, _top_left, _interpolate("bilinear", False))
+
+
+def forward_nearest(self, x):
+    """Mistake: nearest-neighbour F.interpolate instead of the upscore layers."""
+    return _forward_with(self, x, _top_left, _interpolate("nearest"))
+
+
+FCN_MISTAKES = [
+    forward_interpolate_skips,
+    forward_centre_crop,
+    forward_without_pool3,
+    forward_interpolate_output,
+    forward_no_final_crop,
+    forward_skips_scaled,
+    forward_without_pool4,
+    forward_crop_bottom_right,
+    forward_align_corners,
+    forward_bilinear_interpolate,
+    forward_nearest,
+]
+CROSS_DEVICE = (DEFAULT_TOLERANCE["cross_device_atol"], DEFAULT_TOLERANCE["cross_device_rtol"])
+
+
+@pytest.mark.parametrize(
+    "forward",
+    [
+        forward_skips_scaled,
+        forward_without_pool4,
+        forward_crop_bottom_right,
+        forward_align_corners,
+        forward_bilinear_interpolate,
+        forward_nearest,
+    ],
+)
+def test_fcn_more_mistakes_fail(forward):
+    _hidden_fails("FCN", _fcn_with(forward))
+
+
+class _CapturingGrading:
+    """Stands in for ``grading`` in a test cell: runs each check's cases and keeps the outputs."""
+
+    def __init__(self, transform=None):
+        self.outputs = {}
+        self.transform = transform  # applied to each case's arguments before the call
+
+    def __getattr__(self, name):
+        return getattr(grading, name)
+
+    def check(self, check_id, fn, cases, **options):
+        if self.transform is not None:
+            wrapped = fn
+
+            def fn(**case):
+                return wrapped(**self.transform(case))
+
+        self.outputs[check_id] = grading._run_cases(
+            fn, cases, torch.device("cpu"), options.get("seed", 0)
+        )
+
+
+def _times_tolerance(got, expected):
+    """How many cross-device tolerances the worst element is off (inf: another shape)."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return math.inf
+    atol, rtol = CROSS_DEVICE
+    g, e = got.double(), expected.double()
+    allowed = atol * max(1.0, float(e.abs().max())) + rtol * e.abs()
+    return float(((g - e).abs() / allowed).max())
+
+
+def _distances(implementation, transform=None):
+    """check id -> per case, the distance from the recorded reference in cross-device tolerances."""
+    grader = _CapturingGrading(transform)
+    run_test_cells(NB, "FCN", implementation, extra={"grading": grader})
+    distances = {}
+    for check_id, outputs in grader.outputs.items():
+        reference, _ = load_reference(check_id, REPO / "autograder" / "references")
+        distances[check_id] = [
+            _times_tolerance(got, expected)
+            for got, expected in zip(outputs, reference["outputs"], strict=True)
+        ]
+    return distances
+
+
+@pytest.mark.parametrize("forward", FCN_MISTAKES, ids=lambda f: f.__name__)
+def test_fcn_mistakes_are_far_beyond_the_cross_device_tolerance(forward):
+    """Each mistake misses the hidden reference by more than 10 cross-device tolerances (a GPU
+    grader's), so no device difference can hide it; the seeded logits alone (about 0.01 with
+    PyTorch's default initialisation) once left several within 3 to 10 tolerances."""
+    hidden = _distances(_fcn_with(forward))["02_fcn.FCN.hidden"]
+    assert max(hidden) > 10, hidden
+
+
+def test_fcn_solution_matches_and_tf32_round_off_stays_well_inside():
+    """The solution is at distance 0 from its references; with every convolution's inputs and
+    weights rounded to TF32 (10 mantissa bits, what a GPU's cuDNN uses by default) it stays
+    within a fifth of the cross-device tolerance."""
+    solution = _solution("FCN")
+    exact = _distances(solution)
+    assert set(exact) == {"02_fcn.FCN", "02_fcn.FCN.hidden"}
+    assert all(d < 0.01 for distances in exact.values() for d in distances), exact
+
+    def tf32(t):
+        bits = t.float().contiguous().view(torch.int32)
+        return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)  # round to 10 mantissa bits
+
+    class RoundedFCN(solution):
+        def forward(self, x):
+            model = copy.deepcopy(self)
+            for module in model.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    module.weight.copy_(tf32(module.weight))
+                    module.register_forward_pre_hook(lambda module, args: (tf32(args[0]),))
+            return solution.forward(model, x)
+
+    with torch.no_grad():
+        rounded = _distances(RoundedFCN)
+    assert all(d < 0.2 for distances in rounded.values() for d in distances), rounded
+    assert max(max(d) for d in rounded.values()) > 0  # the rounding did change something
