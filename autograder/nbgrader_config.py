@@ -81,7 +81,11 @@ c.Autograde.sanitize_preprocessors = [
     CheckCellMetadata,
 ]
 # Autograde with SafeExecute (results folder, crash isolation) and ScoreChecks (re-verifies every
-# grading.check in the grader's own process) around nbgrader's own steps.
+# grading.check in the grader's own process) around nbgrader's own steps. SafeExecute does not
+# run code cells tagged `demo` (training runs, experiments, figures, explorers, timings that no
+# graded cell depends on; tests/test_demo_cells.py checks the tags): they keep their source and
+# show a one-line note instead of outputs, so a submission costs its exercises. Graded and
+# solution cells always run, whatever their tags.
 c.Autograde.autograde_preprocessors = [
     SafeExecute,
     IgnorePattern,

@@ -49,12 +49,16 @@ RECORD_SKIP_TAGS = (SKIP_TAG, DEMO_TAG)
 
 def notebook_code(path: Path, skip_tags: tuple[str, ...] = RECORD_SKIP_TAGS) -> str:
     """The notebook's code cells as one Python program (magics dropped, cells carrying any of
-    ``skip_tags`` skipped)."""
+    ``skip_tags`` skipped, except graded and solution cells tagged ``demo``: grading runs
+    those too)."""
     chunks = []
     for index, cell in enumerate(notebook_cells(path)):
         if cell.get("cell_type") != "code":
             continue
-        if set(skip_tags) & set(cell.get("metadata", {}).get("tags", [])):
+        skip = set(skip_tags) & set(cell.get("metadata", {}).get("tags", []))
+        nbgrader = cell.get("metadata", {}).get("nbgrader", {})
+        graded = nbgrader.get("grade") or nbgrader.get("solution")
+        if skip and not (graded and skip == {DEMO_TAG}):  # graded cells run, as in grading
             continue
         lines = [line for line in cell_source(cell).splitlines()
                  if not line.lstrip().startswith(("%", "!"))]
