@@ -658,15 +658,16 @@ class ScenesDataset(_SceneDataset):
       rings for disks, a checkerboard for squares, flat for wires and crosses) and, for the
       context pair, the surroundings. Receptive field matters.
     - background (0) is "stuff": the whole image is a scene of one of two kinds, drawn with
-      probability 1/2 each (``scene_kind(i)``). A "street" is a texture photo crop crossed by
-      dashed lane markings; a "sky" is a smooth gradient with soft clouds. Both kinds draw their
-      two colours from the same distribution: they differ in structure, not in colour.
+      probability 1/2 each (``scene_kind(i)``). The ground is drawn the same way for both
+      (a texture photo crop or a smooth gradient, colours from one distribution); only one
+      landmark band across the image tells them apart: a road with dashed lane markings in a
+      street, a band of soft clouds in a sky.
     - car (1) and plane (2) are THE CONTEXT PAIR ("a car on the road, not in the sky"): both are
       drawn by the same code (a striped capsule 24 to 56 px long, same colour, size, angle and
       pattern distributions); it is a car in a street scene and a plane in a sky scene, nothing
-      else differs. They are large, so a pixel in the middle of one sees only the object through
-      a small receptive field: telling car from plane needs the rest of the image (image
-      pooling, pyramid pooling, a deep encoder).
+      else differs. Their immediate surroundings are the plain ground that both kinds share, and
+      the landmark is usually tens of pixels away: telling car from plane needs evidence from
+      the rest of the image (image pooling, pyramid pooling, a large receptive field).
     - disk (3) and square (4) are "things" whose sizes span 10x (radius 3 to 30 px, drawn
       log-uniformly so that small and large are both common). Disks often come as groups of two
       or three that overlap a little (the later one occludes the earlier one): in about half the
@@ -813,46 +814,66 @@ def _log_uniform(rng, low: float, high: float) -> float:
 def _scene_background(rng, kind: str, height: int, width: int, scale: float):
     """The "stuff" of a scene: ``(image (H, W, 3), reference colour (3,))``.
 
-    Both kinds draw their two colours from the same distribution (so the reference colour that
-    objects keep their distance from does not depend on the kind); they differ in structure: a
-    street is a high-frequency texture crop with dashed lane markings, a sky a smooth gradient
-    with soft low-frequency clouds.
+    The ground is drawn the same way for both kinds: two colours from one distribution (so the
+    reference colour that objects keep their distance from does not depend on the kind), and
+    either a high-frequency texture crop or a smooth gradient, with probability 1/2 each,
+    whatever the kind. What tells the kinds apart is a single landmark band crossing the image
+    at a random angle and offset (``_landmark``): a road with dashed lane markings in a street,
+    a band of soft clouds in a sky. The surroundings of most objects are plain ground, so the
+    evidence for "street" or "sky" is usually far from the object: the network has to gather
+    it from the whole image.
     """
     hue = rng.random()
     dark = _hsv(hue, rng.uniform(0.0, 0.6), rng.uniform(0.1, 0.5))
     light = _hsv(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.0, 0.6), rng.uniform(0.45, 0.9))
     reference = (dark + light) / 2
     yy, xx = _grid(height, width)
-    if kind == "street":
-        image = _duotone(_texture(rng, height, width), dark, light, rng.uniform(0.2, 0.35))
-        # Lane markings: 1 to 3 parallel dashed lines across the image at a random angle.
-        angle = rng.uniform(0, np.pi)
-        across = xx * np.cos(angle) + yy * np.sin(angle)  # distance along the normal
-        along = -xx * np.sin(angle) + yy * np.cos(angle)
-        line_width, spacing = rng.uniform(1.5, 3.0) * max(scale, 0.5), rng.uniform(25, 45) * scale
-        period = rng.uniform(12, 24) * scale
-        lanes = np.zeros((height, width), dtype=bool)
-        first = rng.uniform(across.min(), across.max())
-        for k in range(int(rng.integers(1, 4))):
-            lanes |= np.abs(across - first - k * spacing) <= line_width / 2
-        lanes &= np.mod(along, period) < 0.6 * period
-        image[lanes] = 0.25 * image[lanes] + 0.75 * _hsv(rng.random(), rng.uniform(0, 0.3), 0.95)
-        return image, reference
-    # Sky: a vertical gradient dark -> light (or back), plus clouds from coarse noise.
-    t = (yy / max(height - 1, 1))[..., None]
     if rng.random() < 0.5:
-        t = 1 - t
-    image = dark + (light - dark) * t
-    # Clouds: smooth noise, a sum of 6 plane waves of 1 to 3 periods per image side.
-    noise = np.zeros((height, width), dtype=np.float32)
-    for _ in range(6):
-        fy, fx = rng.uniform(-3, 3, 2) / np.array([height, width])
-        noise += np.cos(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
-    noise /= np.sqrt(3)  # std about 1
-    cloud = np.clip((noise - rng.uniform(0.0, 0.8)) * 1.5, 0.0, 1.0)[..., None]
-    white = 0.3 * light + 0.7 * np.float32(0.95)
-    image = image + (white - image) * rng.uniform(0.4, 0.8) * cloud
+        image = _duotone(_texture(rng, height, width), dark, light, rng.uniform(0.2, 0.35))
+    else:
+        t = (yy / max(height - 1, 1))[..., None]
+        if rng.random() < 0.5:
+            t = 1 - t
+        image = (dark + (light - dark) * t).astype(np.float32)
+    band, across, along = _landmark(rng, yy, xx, scale)
+    if kind == "street":
+        # A road: a flat darker band with a dashed line down its middle.
+        road = 0.35 * dark + 0.1 * np.float32(0.5)
+        image[band] = road
+        period = rng.uniform(12, 20) * scale
+        dashes = band & (np.abs(across) <= max(1.0, 1.2 * scale)) & (np.mod(along, period) < 0.55 * period)
+        image[dashes] = np.float32(0.95)
+    else:
+        # Clouds: a soft white band (a Gaussian profile across it) whose brightness drifts
+        # slowly along it (periods of 40 to 130 px at 128 px: puffs, never dashes).
+        drift = np.zeros(yy.shape, dtype=np.float32)
+        for _ in range(3):
+            frequency = rng.uniform(0.5, 1.5) / (64 * scale)
+            drift += np.cos(2 * np.pi * frequency * along + rng.uniform(0, 2 * np.pi)) / 3
+        half_width = np.abs(across[band]).max() if band.any() else 1.0
+        profile = np.exp(-0.5 * (across / max(half_width, 1.0)) ** 2)
+        cloud = np.clip(profile * (0.75 + 0.25 * drift), 0.0, 1.0)[..., None]
+        white = 0.2 * light + 0.8 * np.float32(0.97)
+        image = image + (white - image) * cloud
     return image.astype(np.float32), reference
+
+
+def _landmark(rng, yy, xx, scale: float):
+    """The band that shows the scene kind: a straight strip 10 to 14 px wide (at 128 px)
+    crossing the image at a random angle, its middle line 0.3 to 0.42 of the image side away
+    from the image centre (towards an edge, so that most objects are far from it).
+    Returns ``(band bool (H, W), across (H, W), along (H, W))``: the band's pixels and the
+    signed distance of every pixel across and along the middle line."""
+    height, width = yy.shape
+    angle = rng.uniform(0, 2 * np.pi)
+    normal_x, normal_y = np.cos(angle), np.sin(angle)
+    offset = rng.uniform(0.3, 0.42) * min(height, width)
+    centre_y = (height - 1) / 2 + offset * normal_y
+    centre_x = (width - 1) / 2 + offset * normal_x
+    across = (xx - centre_x) * normal_x + (yy - centre_y) * normal_y
+    along = -(xx - centre_x) * normal_y + (yy - centre_y) * normal_x
+    half_width = rng.uniform(5, 7) * scale
+    return np.abs(across) <= half_width, across, along
 
 
 def _object_colour(rng, reference: np.ndarray) -> np.ndarray:

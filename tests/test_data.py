@@ -424,6 +424,32 @@ def test_scenes_context_pair_is_labelled_by_the_scene_kind(scenes):
     assert np.mean(with_pair) >= 0.9, "nearly every scene shows its context-pair object"
 
 
+
+def test_scenes_context_is_far_from_the_pair(monkeypatch):
+    """The evidence for street or sky (the landmark band) is usually far from the car or plane:
+    a small receptive field centred on the object sees only ground that both kinds share. (The
+    band is caught as it is drawn: the dataset does not expose it.)"""
+    bands = []
+    draw_band = segcourse.data._landmark
+
+    def spy(*args, **kwargs):
+        band = draw_band(*args, **kwargs)
+        bands.append(band[0])
+        return band
+
+    monkeypatch.setattr(segcourse.data, "_landmark", spy)
+    dataset = segcourse.data.ScenesDataset(60, seed=5)
+    distances = []
+    for index in range(len(dataset)):
+        bands.clear()
+        mask = dataset[index][1].numpy()
+        pair = (mask == 1) | (mask == 2)
+        distance = ndimage.distance_transform_cdt(~bands[0], metric="chessboard")
+        distances.append(distance[pair])
+    distances = np.concatenate(distances)
+    assert np.median(distances) >= 20, "the landmark should be tens of pixels from most pair pixels"
+    assert np.mean(distances < 8) <= 0.3, "few pair pixels should see the landmark within 8 px"
+
 def _instance_features(scenes, label) -> np.ndarray:
     """Per instance of ``label``: mean R, G, B, area, std of the brightness inside."""
     rows = []
