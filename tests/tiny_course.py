@@ -113,3 +113,24 @@ def ledger(env: dict, url: str | None = None) -> dict:
     done = subprocess.run([sys.executable, "-c", code, url or ""], env=env, capture_output=True,
                           text=True, check=True)
     return json.loads(done.stdout)
+
+
+def sandboxes_running(root: Path) -> bool:
+    """A sandbox's tmpfs is mounted under the course (a kernel is being set up or runs)."""
+    return str(root / "autograder" / ".grading") in Path("/proc/self/mounts").read_text()
+
+
+def submissions_in_gradebook(env: dict, url: str | None = None) -> dict[tuple[str, str], int]:
+    """(student, assignment) -> how many submissions the gradebook holds for it."""
+    from sqlalchemy import create_engine, text
+
+    url = url or f"sqlite:///{Path(env['SEGCOURSE_COURSE_DIR']) / 'gradebook.db'}"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(text(
+                "select s.student_id, a.name, count(*) from submitted_assignment s "
+                "join assignment a on s.assignment_id = a.id group by s.student_id, a.name"))
+            return {(student, name): count for student, name, count in found}
+    finally:
+        engine.dispose()
