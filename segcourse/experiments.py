@@ -168,7 +168,8 @@ def compare(
     ``val_set`` are scored.
 
     Both datasets are generated once, before the first run, and kept in memory as tensors: the
-    budget is spent on training, and every run sees exactly the same items.
+    budget is spent on training, not on drawing scenes, and every run sees the same items. (A
+    ``TensorDataset`` is used as it is, so several ``compare`` calls can share one.)
 
     Args:
         builders: name -> ``callable(seed) -> nn.Module`` returning logits ``(N, C, H, W)``
