@@ -6,6 +6,8 @@ references, with the notebook's function or class replaced by the implementation
 
 from __future__ import annotations
 
+import ast
+import math
 import sys
 from pathlib import Path
 
@@ -18,9 +20,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checks import run_test_cells, solution_namespace  # noqa: E402
+from checks import REPO, run_test_cells, setup_namespace, solution_namespace  # noqa: E402
+from checks import test_cells as graded_test_cells  # noqa: E402 (not collected by pytest)
+
+from segcourse import grading  # noqa: E402
+from segcourse.verify import load_reference, tolerance_for  # noqa: E402
 
 NOTEBOOK = "06_deeplab"
+REFERENCES = REPO / "autograder" / "references"
 
 
 def all_pass(outcome: dict) -> None:
@@ -149,7 +156,7 @@ def test_separable_conv_ignoring_dilation_fails():
                      groups=self.in_channels)
         return F.conv2d(y, self.pointwise_weight, self.bias)
 
-    some_fail(run_test_cells(NOTEBOOK, "DepthwiseSeparableConv",
+    all_fail(run_test_cells(NOTEBOOK, "DepthwiseSeparableConv",
                              with_forward("DepthwiseSeparableConv", no_dilation)))
 
 
@@ -206,11 +213,17 @@ def adaptive_average(x, bins):
     return torch.stack(rows, dim=-2)  # (N, C, bins, bins)
 
 
-def pyramid_forward(bins=None, upsample=resize, x_first=True):
+def pyramid_forward(bins=None, upsample=resize, x_first=True, pool=adaptive_average):
+    """An independent pyramid pooling forward; ``bins`` ("doubled", "reversed") and the other
+    arguments make common mistakes."""
     def forward(self, x):
-        levels = []
-        for b, stage in zip(bins or self.bins, self.stages, strict=True):
-            levels.append(upsample(stage(adaptive_average(x, b)), x.shape[-2:]))
+        levels, used = [], self.bins
+        if bins == "doubled":
+            used = tuple(2 * b for b in self.bins)  # e.g. 2, 4, 6, 12 instead of 1, 2, 3, 6
+        elif bins == "reversed":
+            used = self.bins[::-1]
+        for b, stage in zip(used, self.stages, strict=True):
+            levels.append(upsample(stage(pool(x, b)), x.shape[-2:]))
         levels = [x, *levels] if x_first else [*levels, x]
         return self.bottleneck(torch.cat(levels, dim=1))
 
@@ -233,11 +246,8 @@ def test_pyramid_pooling_mistakes_fail(forward):
 
 
 def test_pyramid_pooling_wrong_bins_fail():
-    def wrong_bins(self, x):
-        bins = tuple(2 * b for b in self.bins)  # e.g. 2, 4, 6, 12 instead of 1, 2, 3, 6
-        return pyramid_forward(bins=bins)(self, x)
-
-    all_fail(run_test_cells(NOTEBOOK, "PyramidPooling", with_forward("PyramidPooling", wrong_bins)))
+    all_fail(run_test_cells(NOTEBOOK, "PyramidPooling",
+                            with_forward("PyramidPooling", pyramid_forward(bins="doubled"))))
 
 
 # ---- DeepLabV3Plus -------------------------------------------------------------------------
@@ -269,3 +279,172 @@ def test_deeplab_independent_passes():
                          ids=["concat_order", "align_corners"])
 def test_deeplab_mistakes_fail(forward):
     all_fail(run_test_cells(NOTEBOOK, "DeepLabV3Plus", with_forward("DeepLabV3Plus", forward)))
+
+
+# ---- margins: every mistake lands far outside the cross-device tolerance --------------------
+#
+# A GPU grader compares a CPU reference with the looser cross-device tolerance
+# (segcourse.verify.tolerance_for). A check tells right from wrong on any device only if each
+# common mistake moves the output far beyond it: here, in every check (visible and hidden), at
+# least one case's worst element is off by more than MARGIN times what that tolerance allows.
+# (With fresh batch-norm statistics DeepLabV3Plus's seeded logits were almost the classifier
+# bias: a forward returning only the bias was within 3.4e-4 of the reference.)
+
+MARGIN = 10.0
+
+
+class _MarginGrading:
+    """Stands in for ``segcourse.grading`` in a test cell: ``check`` runs the cases and records,
+    per case, the largest ratio |got - expected| / (cross-device allowance) against the
+    recorded reference instead of passing or failing."""
+
+    def __init__(self, margins: dict):
+        self._margins = margins
+
+    def __getattr__(self, name):
+        return getattr(grading, name)
+
+    def check(self, check_id, fn, cases, *, compare="close", tolerance=None, seed=0, device=None):
+        reference, entry = load_reference(check_id, REFERENCES)
+        assert reference["inputs_sha256"] == grading._fingerprint(cases), (
+            f"{check_id}: the test cell's inputs differ from the recorded reference's")
+        tol = tolerance_for(entry["device"], "cuda:0 (another device)", entry.get("tolerance"))
+        outputs = grading._run_cases(fn, cases, torch.device("cpu"), seed)
+        self._margins[check_id] = [_margin(got, expected, tol)
+                                   for got, expected in zip(outputs, reference["outputs"], strict=True)]
+
+
+def _margin(got, expected, tol) -> float:
+    """max |got - expected| / allowed (inf for a wrong shape or type), as verify.compare allows."""
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return math.inf
+    g, e = got.double(), expected.double()
+    scale = max(1.0, float(e.abs().max()))
+    allowed = tol.atol * scale + tol.rtol * e.abs()
+    return float(((g - e).abs() / allowed).max())
+
+
+class _DropAsserts(ast.NodeTransformer):
+    def visit_Assert(self, node):  # the teaching asserts would stop the cell before its check
+        return None
+
+
+def cross_device_margins(function: str, implementation) -> dict[str, list[float]]:
+    """check id -> per-case margins of ``implementation`` in the test cells of ``function``."""
+    margins: dict[str, list[float]] = {}
+    for grade_id, source in graded_test_cells(NOTEBOOK, function).items():
+        namespace = setup_namespace(NOTEBOOK)
+        namespace[function] = implementation
+        namespace["grading"] = _MarginGrading(margins)
+        tree = ast.fix_missing_locations(_DropAsserts().visit(ast.parse(source)))
+        exec(compile(tree, f"{NOTEBOOK}:{grade_id}", "exec"), namespace)
+    assert len(margins) == 2, f"expected a visible and a hidden check, got {sorted(margins)}"
+    return margins
+
+
+def assert_far_beyond_tolerance(function: str, implementation) -> None:
+    margins = cross_device_margins(function, implementation)
+    close = {check_id: [round(m, 1) for m in per_case] for check_id, per_case in margins.items()
+             if max(per_case) <= MARGIN}
+    assert not close, f"within {MARGIN:g}x the cross-device tolerance in every case: {close}"
+
+
+def assert_within_tolerance(function: str, implementation) -> None:
+    margins = cross_device_margins(function, implementation)
+    assert all(max(per_case) <= 1.0 for per_case in margins.values()), margins
+
+
+def aspp_forward(upsample=resize, rates_reversed=False, pooling="avg", pooling_last=True,
+                 no_pooling=False):
+    def forward(self, x):
+        branches = list(self.convs[:-1])
+        if rates_reversed:
+            branches = [branches[0], *reversed(branches[1:])]
+        outputs = [branch(x) for branch in branches]
+        image_pooling = self.convs[-1]
+        if pooling == "max":
+            image_pooling = nn.Sequential(nn.AdaptiveMaxPool2d(1), *image_pooling[1:])
+        pooled = upsample(image_pooling(x), x.shape[-2:])
+        if no_pooling:
+            pooled = torch.zeros_like(pooled)
+        outputs = [*outputs, pooled] if pooling_last else [pooled, *outputs]
+        return self.project(torch.cat(outputs, dim=1))
+
+    return forward
+
+
+def test_margins_solution_is_within_tolerance():
+    for name in ("DepthwiseSeparableConv", "ASPP", "PyramidPooling", "DeepLabV3Plus"):
+        assert_within_tolerance(name, notebook_class(name))
+
+
+def test_aspp_any_upsampling_of_the_pooled_vector_passes():
+    """Bilinear, nearest and a plain expand repeat a 1 x 1 map identically: all are right."""
+    for upsample in (lambda y, size: y.expand(-1, -1, *size),
+                     lambda y, size: F.interpolate(y, size=size, mode="nearest")):
+        all_pass(run_test_cells(NOTEBOOK, "ASPP", with_forward("ASPP", aspp_forward(upsample))))
+
+
+def _deeplab_only_bias(self, x):
+    logits = deeplab_forward()(self, x)
+    return self.classifier.bias[None, :, None, None].expand_as(logits).clone()
+
+
+def _deeplab_nearest(self, x):
+    def up(y, size):
+        return F.interpolate(y, size=size, mode="nearest")
+
+    low = self.layer1(self.stem(x))
+    high = up(self.aspp(self.layer3(self.layer2(low))), low.shape[-2:])
+    return up(self.classifier(self.decoder(torch.cat([high, self.reduce(low)], dim=1))), x.shape[-2:])
+
+
+def _separable_groups_one(self, x):
+    """groups=1 with the depthwise filters repeated over the input channels (each filter then
+    sums every channel)."""
+    c_in = self.depthwise_weight.shape[0]
+    weight = self.depthwise_weight.expand(-1, c_in, -1, -1)
+    y = F.conv2d(x, weight, stride=self.stride, padding=self.padding, dilation=self.dilation)
+    return F.conv2d(y, self.pointwise_weight, self.bias)
+
+
+MISTAKES = {
+    "DeepLabV3Plus": {
+        "only_bias": _deeplab_only_bias,
+        "concat_order": deeplab_forward(order="low_high"),
+        "align_corners": deeplab_forward(align_corners=True),
+        "nearest": _deeplab_nearest,
+    },
+    "ASPP": {
+        "no_image_pooling": aspp_forward(no_pooling=True),
+        "rates_reversed": aspp_forward(rates_reversed=True),
+        "image_pooling_max": aspp_forward(pooling="max"),
+        "image_pooling_first": aspp_forward(pooling_last=False),
+    },
+    "PyramidPooling": {
+        "bins_doubled": pyramid_forward(bins="doubled"),
+        "bins_reversed": pyramid_forward(bins="reversed"),
+        "max_pooling": pyramid_forward(pool=lambda x, b: F.adaptive_max_pool2d(x, b)),
+        "x_last": pyramid_forward(x_first=False),
+        "nearest": pyramid_forward(upsample=lambda y, size: F.interpolate(y, size=size, mode="nearest")),
+        "align_corners": pyramid_forward(upsample=lambda y, size: F.interpolate(
+            y, size=size, mode="bilinear", align_corners=True)),
+    },
+    "DepthwiseSeparableConv": {
+        "groups_one": _separable_groups_one,
+        "no_bias": lambda self, x: F.conv2d(F.conv2d(
+            x, self.depthwise_weight, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.in_channels), self.pointwise_weight),
+        "no_dilation": lambda self, x: F.conv2d(F.conv2d(
+            x, self.depthwise_weight, stride=self.stride, padding=self.padding,
+            groups=self.in_channels), self.pointwise_weight, self.bias),
+    },
+}
+
+
+@pytest.mark.parametrize(("function", "mistake"),
+                         [(f, m) for f, table in MISTAKES.items() for m in table])
+def test_mistake_far_beyond_cross_device_tolerance(function, mistake):
+    forward = MISTAKES[function][mistake]
+    assert_far_beyond_tolerance(function, with_forward(function, forward))
+    all_fail(run_test_cells(NOTEBOOK, function, with_forward(function, forward)))
