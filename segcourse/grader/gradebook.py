@@ -215,9 +215,11 @@ class Ledger:
 
     def lookup(self) -> dict[tuple[str, str], tuple[str, str, float]]:
         """Every record: (student, assignment) -> (key, status, graded_at)."""
-        from sqlalchemy import select
+        from sqlalchemy import inspect, select
 
         def once():
+            if not inspect(self.engine).has_table(self.table.name):
+                return {}
             with self.engine.connect() as connection:
                 rows = connection.execute(select(self.table)).all()
             return {(r.student, r.assignment): (r.key, r.status, r.graded_at) for r in rows}
