@@ -81,9 +81,13 @@ def crf_mean_field(unary_logits: torch.Tensor, image: torch.Tensor, iters: int,
     if window is None or window >= max(height, width) - 1 and height * width <= 4096:
         q = torch.stack([_dense(logits, picture, iters, **params)
                          for logits, picture in zip(unary_logits, image, strict=True)])
-    else:
-        q = _windowed(unary_logits, image, iters, window, **params)
+    else:  # a few images at a time: the per-offset weights take (2r + 1)^2 images' worth
+        q = torch.cat([_windowed(unary_logits[i:i + _CHUNK], image[i:i + _CHUNK], iters, window, **params)
+                       for i in range(0, len(unary_logits), _CHUNK)])
     return q if batched else q[0]
+
+
+_CHUNK = 8
 
 
 def _dense(unary_logits, image, iters, theta_alpha, theta_beta, theta_gamma, w_appearance,
