@@ -26,7 +26,9 @@ from scipy.spatial.distance import cdist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `checks`, however pytest is run
 
-from checks import run_test_cells  # noqa: E402
+from checks import run_test_cells, setup_namespace, test_cells  # noqa: E402
+
+from segcourse import grading, verify  # noqa: E402
 
 NOTEBOOK = "01_clustering"
 
@@ -697,9 +699,6 @@ def _recorded_checks(function: str) -> dict:
     """check id -> (cases, compare, tolerance override) of ``function``'s test cells, read by
     running the cells with ``grading.check`` replaced by a recorder (and a correct function, so
     that the visible cells' own asserts pass)."""
-    from checks import setup_namespace, test_cells
-    from segcourse import grading
-
     correct = next(implementation for name, implementation in CORRECT if name == function)
     recorded = {}
 
@@ -728,8 +727,6 @@ def recorded_checks(function: str) -> dict:
 def distance(got, expected, mode: str, tol) -> float:
     """How far ``got`` is from ``expected`` in units of the tolerance ``tol`` (above 1: fails).
     Any difference in an exact or partition comparison, a shape, dtype or NaN mismatch: inf."""
-    from segcourse import verify
-
     if isinstance(expected, list):
         return max(distance(g, e, mode, tol) for g, e in zip(got, expected, strict=True))
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype:
@@ -750,8 +747,6 @@ def distance(got, expected, mode: str, tol) -> float:
 def hidden_distances(function: str, implementation) -> list[float]:
     """The distance of ``implementation``'s output from the reference, case by case, for the
     hidden check of ``function``, under the cross-device tolerance."""
-    from segcourse import grading, verify
-
     check_id = f"{NOTEBOOK}.{function}.hidden"
     cases, mode, _ = recorded_checks(function)[check_id]
     reference, entry = verify.load_reference(check_id, grading.references_dir())
