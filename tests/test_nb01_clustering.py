@@ -26,7 +26,8 @@ from scipy.spatial.distance import cdist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `checks`, however pytest is run
 
-from checks import run_test_cells, setup_namespace, test_cells  # noqa: E402
+import checks  # noqa: E402
+from checks import run_test_cells  # noqa: E402
 
 from segcourse import grading, verify  # noqa: E402
 
@@ -705,8 +706,8 @@ def _recorded_checks(function: str) -> dict:
     def record(check_id, fn, cases, *, compare="close", tolerance=None, seed=0, device=None):
         recorded[check_id] = (list(cases), compare, dict(tolerance or {}))
 
-    for grade_id, source in test_cells(NOTEBOOK, function).items():
-        namespace = setup_namespace(NOTEBOOK)
+    for grade_id, source in checks.test_cells(NOTEBOOK, function).items():
+        namespace = checks.setup_namespace(NOTEBOOK)
         proxy = types.SimpleNamespace(**{name: getattr(grading, name) for name in dir(grading)
                                          if not name.startswith("__")})
         proxy.check = record
