@@ -516,8 +516,8 @@ def numpy_crf_mean_field(unary_logits, image, iters, theta_alpha=8.0, theta_beta
 
     q = softmax(logits)
     for _ in range(iters):
-        scores = logits + sign * (kernel @ q.T).T
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # unnormalised Q may overflow
+            scores = logits + sign * (kernel @ q.T).T
             q = softmax(scores) if normalise_q else np.exp(scores)
     return _like(q.reshape(unary_logits.shape), unary_logits)
 
