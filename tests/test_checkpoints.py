@@ -64,9 +64,29 @@ def test_checkpoint_loads_and_scores_as_recorded(name):
     model = script.model_factory(name)  # the notebook's class, built from the notebook
     load_checkpoint(name, model, device="cpu")
     assert not model.training
-    scores = evaluate(model, script.eval_loader(), num_classes=info["model"]["num_classes"],
+    scores = evaluate(model, script.eval_loader(name=name), num_classes=info["model"]["num_classes"],
                       device="cpu", progress=False)
     assert abs(scores["mean_iou"] - info["mean_iou"]) < 0.005, (scores["mean_iou"], info)
+
+
+@pytest.mark.parametrize("name", SEMANTIC)
+def test_manifest_names_the_data_it_was_trained_and_scored_on(name):
+    # The manifest's data strings are true: evaluated, they build the held-out set the test
+    # above scores on, and the training set of the script's DATA table.
+    from segcourse.data import ScenesDataset, ShapesDataset
+
+    info = checkpoint_info(name)
+    classes = {"ScenesDataset": ScenesDataset, "ShapesDataset": ShapesDataset}
+    data = script.DATA[script.CHECKPOINTS[name].get("data", "shapes")]
+    train_set = eval(info["train_data"], classes)  # noqa: S307 (our own manifest)
+    eval_set = eval(info["eval_data"], classes)  # noqa: S307
+    assert type(train_set) is type(eval_set) is data["cls"]
+    assert (len(train_set), train_set.size[0], train_set.seed) == tuple(data["train"].values())
+    images, masks = next(iter(script.eval_loader(length=2, name=name)))
+    assert torch.equal(images[1], eval_set[1][0]) and torch.equal(masks[1], eval_set[1][1])
+    assert eval_set.num_classes == info["model"]["num_classes"]
+    if name.endswith("_scenes"):
+        assert 0.0 <= info["boundary_miou"] <= info["mean_iou"] <= 1.0
 
 
 def test_unknown_checkpoint_says_which_exist():
