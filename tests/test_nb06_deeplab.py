@@ -448,3 +448,32 @@ def test_mistake_far_beyond_cross_device_tolerance(function, mistake):
     forward = MISTAKES[function][mistake]
     assert_far_beyond_tolerance(function, with_forward(function, forward))
     all_fail(run_test_cells(NOTEBOOK, function, with_forward(function, forward)))
+
+
+# ---- the notebook's text and explorer ------------------------------------------------------
+
+
+def _notebook_sources(kind: str) -> list[str]:
+    from checks import notebook_cells
+
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in notebook_cells(NOTEBOOK) if c["cell_type"] == kind]
+
+
+def test_explorer_sets_its_output_directly():
+    """widgets.interact hung unattended runs; the explorer writes into an Output from observe
+    callbacks and draws its first figure directly, as 02-04's do."""
+    code = "\n".join(_notebook_sources("code"))
+    assert "widgets.interact(" not in code and "interactive_output(" not in code
+    assert ".observe(render" in code and "view.append_display_data" in code
+
+
+def test_pair_counts_in_the_text():
+    """The CRF's pairs: N (N - 1) / 2 unordered pairs i < j, not the N^2 of the dense matrix."""
+    from segcourse.crf import pair_count
+
+    text = "\n".join(_notebook_sources("markdown"))
+    counts = pair_count(64, 64)
+    assert f"{counts['unordered']:,}" in text  # 8,386,560
+    assert "16.8 million pairs" not in text
+    assert "hybrid\" rates" not in text and "'hybrid' rates" not in text
