@@ -3,7 +3,7 @@ write conflicts, and the record of what has been graded (idempotency).
 
 - ``db_url(db)``: ``--db URL``, else ``$SEGCOURSE_GRADEBOOK_URL``, else the SQLite file
   ``autograder/gradebook.db``. SQLite admits one writer at a time ("database is locked"); a server
-  database (``postgresql://user@host/db``, with ``psycopg2``) takes many graders at once.
+  database (``postgresql://user@host/db``, with psycopg 3) takes many graders at once.
 - ``retrying(fn)``: runs a gradebook transaction again, with exponential backoff and jitter, when
   it failed for a reason that another writer caused (a unique key inserted meanwhile, a
   serialization failure or deadlock on PostgreSQL, SQLite's lock); any other error is raised.
@@ -105,16 +105,18 @@ def retrying(fn: Callable[[], T], attempts: int = 10, on_retry: Callable[[], Non
 
 
 def _check_driver(url: str) -> None:
-    if url.startswith("postgresql"):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            try:
-                import psycopg  # noqa: F401
-            except ImportError:
-                raise SystemExit(
-                    "segcourse grade: the gradebook is PostgreSQL but no driver is installed: "
-                    "pip install psycopg2-binary (or `pip install -e '.[postgres]'`)") from None
+    """A clear message when the PostgreSQL driver SQLAlchemy picks for ``url`` is missing."""
+    if not url.startswith("postgresql"):
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as error:
+        raise SystemExit(
+            f"segcourse grade: the gradebook is PostgreSQL but its driver is missing ({error}): "
+            "pip install 'psycopg[binary]' (or, in the course's folder, "
+            "pip install -e '.[postgres]')") from None
 
 
 def prepare(url: str, course_id: str, students: Iterable[str]) -> None:
