@@ -26,8 +26,14 @@ truth itself, pooled to the stride and upsampled again.
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
+import os
+import platform
+import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +48,17 @@ from segcourse.metrics import (
     confusion_matrix,
     segmentation_scores,
 )
-from segcourse.runtime import get_device, seed_everything
+from segcourse.runtime import device_name, get_device, seed_everything
 from segcourse.train import fit
 
-__all__ = ["Results", "compare", "oracle_scores"]
+__all__ = ["Results", "compare", "oracle_scores", "recorded", "save_record"]
 
 SCORES = ("miou", "boundary_miou", "pixel_accuracy")
+
+
+RECORD_ENV = "SEGCOURSE_RECORD_EXPERIMENTS"
+SCALE_ENV = "SEGCOURSE_BUDGET_SCALE"
+RECORDS = Path(__file__).resolve().parent.parent / "data" / "experiments"
 
 
 class Results:
@@ -158,6 +169,7 @@ def compare(
     metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    record: str | None = None,
 ) -> Results:
     """Train every model with every seed for the same time, then score each on ``val_set``.
 
@@ -166,6 +178,14 @@ def compare(
     ``lr``; ``loss_fn`` or cross-entropy ignoring 255, or a custom ``step_fn``) on batches of
     ``batch_size`` drawn in an order given by the seed; then the argmax predictions on all of
     ``val_set`` are scored.
+
+    **Longer runs, recorded.** ``record`` names this comparison. When the environment variable
+    ``SEGCOURSE_RECORD_EXPERIMENTS`` is set to a folder (``scripts/record_experiments.py`` sets
+    it), every ``time_budget`` is multiplied by ``SEGCOURSE_BUDGET_SCALE`` (default 1), the
+    budget counts the CPU seconds of this process (``time.process_time``: fair when other work
+    shares the machine) and the results go to ``<folder>/<record>.json``; ``recorded(record)``
+    reads the shipped ones back (``data/experiments/``), so a notebook can show the longer runs
+    next to its own short ones.
 
     Both datasets are generated once, before the first run, and kept in memory as tensors: the
     budget is spent on training, not on drawing scenes, and every run sees the same items. (A
@@ -193,6 +213,10 @@ def compare(
     if time_budget <= 0:
         raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
     device = get_device() if device is None else torch.device(device)
+    clock = time.perf_counter
+    if os.environ.get(RECORD_ENV):  # a recording run: longer budgets, in CPU seconds
+        time_budget = time_budget * _scale()
+        clock = time.process_time
     train_data, val_data = _materialise(train_set), _materialise(val_set)
     metrics = dict(metrics or {})
     runs = [(name, seed) for name in builders for seed in seeds]
@@ -204,7 +228,7 @@ def compare(
         loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=order,
                             drop_last=len(train_data) >= batch_size)
         history = fit(model, loader, loss_fn, lr=lr, time_budget=time_budget, device=device,
-                      progress=False, seed=seed, step_fn=step_fn)
+                      progress=False, seed=seed, step_fn=step_fn, clock=clock)
         pred, target = _predict_all(model, val_data, batch_size, device)
         conf = confusion_matrix(pred, target, num_classes, IGNORE_INDEX)
         band = _band_confusion(pred, target, num_classes, 3, IGNORE_INDEX)
@@ -220,7 +244,55 @@ def compare(
         }
         row.update({key: float(metric(pred, target)) for key, metric in metrics.items()})
         rows.append(row)
-    return Results(rows, time_budget)
+    results = Results(rows, time_budget)
+    results.scaled = bool(os.environ.get(RECORD_ENV))
+    if record:
+        save_record(results, record, device=device)
+    return results
+
+
+def _scale() -> float:
+    return float(os.environ.get(SCALE_ENV, "1"))
+
+
+def save_record(results: Results, name: str, device=None) -> Path | None:
+    """In a recording run (``SEGCOURSE_RECORD_EXPERIMENTS`` set), write ``results`` to
+    ``<folder>/<name>.json`` with what they ran on, and return the path; otherwise do nothing
+    and return None. For results put together from several ``compare`` calls."""
+    folder = os.environ.get(RECORD_ENV)
+    if not folder:
+        return None
+    budget = results.time_budget
+    if budget is not None and not getattr(results, "scaled", False):
+        budget = budget * _scale()  # a budget the notebook wrote, before scaling
+    path = Path(folder) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "time_budget": budget,
+        "scale": _scale(),
+        "clock": "cpu",
+        "device": device_name(device) if device is not None else device_name(get_device()),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "recorded": datetime.date.today().isoformat(),
+        "command": os.environ.get("SEGCOURSE_RECORD_COMMAND", ""),
+        "rows": results.rows,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def recorded(name: str, root: Path | str | None = None) -> tuple[Results, dict] | None:
+    """The shipped longer run of comparison ``name``: ``(Results, info)``, or None when none
+    is shipped. ``info`` says how it was run: ``time_budget`` (CPU seconds per run when
+    ``clock`` is "cpu"), ``device``, ``threads``, ``torch``, ``recorded`` (date), ``command``."""
+    path = Path(root or RECORDS) / f"{name}.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    rows = record.pop("rows")
+    return Results(rows, record["time_budget"]), record
 
 
 def _materialise(dataset) -> TensorDataset:

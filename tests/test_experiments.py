@@ -111,3 +111,27 @@ def test_compare_rejects_bad_arguments():
 def test_docstring_examples():
     result = doctest.testmod(segcourse.experiments)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_recorded_comparison_is_saved_scaled_and_read_back(tmp_path, monkeypatch):
+    """With SEGCOURSE_RECORD_EXPERIMENTS set, the budget is scaled, counted in CPU seconds,
+    and the rows come back from ``recorded`` as they were."""
+    monkeypatch.setenv(segcourse.experiments.RECORD_ENV, str(tmp_path))
+    monkeypatch.setenv(segcourse.experiments.SCALE_ENV, "3")
+    train, val = ScenesDataset(8, size=32), ScenesDataset(4, size=32, seed=1)
+    results = compare({"tiny": tiny}, train, val, num_classes=7, time_budget=0.1, seeds=(0,),
+                      progress=False, record="tiny_case")
+    assert results.time_budget == pytest.approx(0.3)
+    assert results.rows[0]["seconds"] >= 0.3  # CPU seconds: the run went on to the scaled budget
+    shipped, info = segcourse.experiments.recorded("tiny_case", root=tmp_path)
+    assert shipped.rows == results.rows and info["clock"] == "cpu"
+    assert info["time_budget"] == pytest.approx(0.3)
+    assert segcourse.experiments.recorded("absent", root=tmp_path) is None
+
+
+def test_without_the_variable_nothing_is_recorded(tmp_path, monkeypatch):
+    monkeypatch.delenv(segcourse.experiments.RECORD_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    results = compare({"tiny": tiny}, ScenesDataset(8, size=32), ScenesDataset(4, size=32, seed=1),
+                      num_classes=7, time_budget=0.1, seeds=(0,), progress=False, record="x")
+    assert results.time_budget == 0.1 and not list(tmp_path.iterdir())

@@ -163,3 +163,16 @@ def test_history_repr_and_smoothing():
     assert history.smoothed_loss() == pytest.approx([1.0, 1.0, 1.0])
     assert "steps=3" in repr(history)
     assert repr(History()) == "History(no steps)"
+
+
+def test_fit_counts_its_budget_on_the_clock_it_is_given():
+    """A clock that advances one 'second' per reading: the budget of 3 ends after a fixed
+    number of steps, whatever the machine's speed."""
+    from itertools import count
+
+    ticks = count()
+    images, masks = torch.rand(4, 3, 8, 8), torch.randint(0, 2, (4, 8, 8))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, masks), batch_size=2)
+    history = fit(torch.nn.Conv2d(3, 2, 1), loader, time_budget=3, progress=False,
+                  clock=lambda: float(next(ticks)))
+    assert history.stopped_by == "time" and len(history.step) == 3
