@@ -80,6 +80,12 @@ def _references(args) -> int:
 def _bench(args) -> int:
     from .bench import run_bench, run_grading_bench
 
+    if args.grading_batch:
+        from .bench import run_batch_bench
+
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+        return run_batch_bench(args.grading_batch, submissions=args.submissions,
+                               workers=workers, plain=args.plain)
     if args.grading:
         return run_grading_bench(args.grading, runs=args.runs)
     return run_bench(args.notebooks or None, budget=args.budget)
@@ -153,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--grading", metavar="NOTEBOOK",
                        help="time grading NOTEBOOK's solutions with and without the sandbox")
     bench.add_argument("--runs", type=int, default=1, help="with --grading: best of this many")
+    bench.add_argument("--grading-batch", metavar="NOTEBOOK",
+                       help="grade a simulated batch of NOTEBOOK on a Dask LocalCluster: "
+                            "submissions per minute, speed-up, ratio to plain execution")
+    bench.add_argument("--submissions", type=int, default=200,
+                       help="with --grading-batch: batch size (default %(default)s)")
+    bench.add_argument("--workers", default="1,2",
+                       help="with --grading-batch: worker counts to compare (default %(default)s)")
+    bench.add_argument("--plain", type=int, default=10,
+                       help="with --grading-batch: notebooks executed plainly for the ratio "
+                            "(default %(default)s)")
     bench.set_defaults(run=_bench)
     return parser
 
