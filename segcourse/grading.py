@@ -29,6 +29,7 @@ does one of two things:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -234,11 +235,26 @@ def describe_case(case: Mapping[str, Any]) -> str:
 
 def _run_cases(fn: Callable, cases: Sequence[Mapping[str, Any]], device, seed: int) -> list:
     outputs = []
-    for case in cases:
-        torch.manual_seed(seed)  # functions with internal randomness are reproducible
-        kwargs = _to_device(dict(case), device)
-        outputs.append(_to_plain(fn(**kwargs)))
+    with _full_float32():
+        for case in cases:
+            torch.manual_seed(seed)  # functions with internal randomness are reproducible
+            kwargs = _to_device(dict(case), device)
+            outputs.append(_to_plain(fn(**kwargs)))
     return outputs
+
+
+@contextlib.contextmanager
+def _full_float32():
+    """Checks run without TF32: on a GPU, cuDNN convolutions use TF32 by default (10 mantissa
+    bits, about 1e-3 relative error per layer), which would eat into the margin between a
+    correct answer and a wrong one. Reference runs and students' checks both run in full
+    float32, so devices differ only by summation order. The flags are restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _save(results: Path, check_id: str, payload: dict) -> None:

@@ -245,3 +245,24 @@ def test_a_function_that_changes_its_inputs_in_place_is_judged_on_its_output(ref
 
     grading.check("04_transposed_conv.example", mutating, cases=CASES)
     assert float(CASES[0]["x"].abs().sum()) > 0
+
+
+def test_checks_run_without_tf32_and_restore_the_flags():
+    """cuDNN's TF32 default on a GPU would blur the margin between right and wrong answers:
+    every case runs in full float32, and the caller's flags come back afterwards."""
+    from segcourse import grading as kernel_side
+
+    seen = []
+
+    def spy(x):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return x
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        kernel_side._run_cases(spy, [dict(x=torch.ones(2))], "cpu", 0)
+        assert seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
