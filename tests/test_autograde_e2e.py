@@ -379,7 +379,7 @@ def _sandbox_processes() -> list[int]:
 def _grade(segcourse, submitted: Path, out: Path, env: dict) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
     done = subprocess.run(
-        segcourse + ["grade", str(submitted), "--jobs", "2", "--out", str(out), "--timeout", "20",
+        segcourse + ["grade", str(submitted), "--jobs", "2", "--out", str(out), "--timeout", "40",
                      "--force",  # the honest submission, graded alone first, is graded again
                      "--wall", "240", "--memory", "6", "--file-size", "64"],
         env=env, capture_output=True, text=True, timeout=2400,
