@@ -315,15 +315,17 @@ def _predict_all(model, data: TensorDataset, batch_size: int, device):
 
 def oracle_scores(val_set, strides: Sequence[int], num_classes: int,
                   ignore_index: int = IGNORE_INDEX) -> dict[int, dict[str, float]]:
-    """The best scores a prediction at each output stride can reach on ``val_set``.
+    """What the ground truth keeps when said at each output stride: the scores on ``val_set``.
 
     For a stride ``s``, the "oracle" knows the ground truth but can only say it at the
     resolution of an ``s``-strided score map: the one-hot ground truth ``(C, H, W)`` is
     average-pooled over ``s x s`` windows (the fraction of each class in each cell; ignored
     pixels count for no class; a window cut by the border averages what it holds), upsampled
     back to ``(H, W)`` bilinearly with ``align_corners=False`` (as the models upsample their
-    logits) and its argmax taken. Whatever a stride-``s`` model learns, thin and small things
-    lost here are lost for it too. At stride 1 this is the ground truth (scores 1.0).
+    logits) and its argmax taken. It shows what a stride throws away (thin and small
+    things vanish), but it is a reference, not a strict ceiling: a model's logits are not class
+    fractions, and upsampled they can place an edge better than pooled fractions do. At
+    stride 1 this is the ground truth (scores 1.0).
 
     Returns:
         ``{stride: {"miou": float, "boundary_miou": float}}`` over the whole set.
