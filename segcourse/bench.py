@@ -203,14 +203,8 @@ def run_grading_bench(name: str, runs: int = 1) -> int:
     (source,) = find_notebooks([name])
     with tempfile.TemporaryDirectory(prefix="segcourse-bench-") as tmp:
         root = Path(tmp)
-        shutil.copytree(source.parent, root / "notebooks" / name)
-        (root / "autograder").mkdir()
-        shutil.copy(course_dir() / "nbgrader_config.py", root / "autograder")
-        shutil.copytree(course_dir() / "references", root / "autograder" / "references")
-        env = dict(os.environ, SEGCOURSE_COURSE_DIR=str(root / "autograder"),
-                   SEGCOURSE_REFERENCES=str(root / "autograder" / "references"))
+        env = _throwaway_course(root, name)
         segcourse = [sys.executable, "-m", "segcourse.cli"]
-        subprocess.run(segcourse + ["release", name], env=env, check=True, capture_output=True)
         release = json.loads((root / "autograder" / "release" / name / f"{name}.ipynb").read_text())
         inbox = root / "inbox" / "solutions" / name
         inbox.mkdir(parents=True)
