@@ -125,12 +125,17 @@ def _expr(node, scope: _Scope) -> None:
         scope.free |= inner.free
         scope.deferred |= inner.deferred
     else:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.stmt):
-                _stmt(child, scope)
-            else:
-                _expr(child, scope)
+        _children(node, scope)
 
+
+
+def _children(node, scope: _Scope) -> None:
+    """Visit a node's children: statements as statements, everything else as expressions."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.stmt):
+            _stmt(child, scope)
+        else:
+            _expr(child, scope)
 
 def _stmts(statements, scope: _Scope) -> None:
     for statement in statements:
@@ -185,11 +190,7 @@ def _stmt(node, scope: _Scope) -> None:
     elif isinstance(node, (ast.Global, ast.Nonlocal)):
         return
     else:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.stmt):
-                _stmt(child, scope)
-            else:
-                _expr(child, scope)
+        _children(node, scope)
 
 
 def cell_names(source: str) -> tuple[set[str], set[str]]:
