@@ -51,13 +51,14 @@ from segcourse.metrics import (
 from segcourse.runtime import device_name, get_device, seed_everything
 from segcourse.train import fit
 
-__all__ = ["Results", "compare", "oracle_scores", "recorded", "save_record"]
+__all__ = ["Results", "compare", "oracle_scores", "recorded", "recording", "save_record"]
 
 SCORES = ("miou", "boundary_miou", "pixel_accuracy")
 
 
 RECORD_ENV = "SEGCOURSE_RECORD_EXPERIMENTS"
 SCALE_ENV = "SEGCOURSE_BUDGET_SCALE"
+ONLY_ENV = "SEGCOURSE_RECORD_ONLY"
 RECORDS = Path(__file__).resolve().parent.parent / "data" / "experiments"
 
 
@@ -185,7 +186,9 @@ def compare(
     budget counts the CPU seconds of this process (``time.process_time``: fair when other work
     shares the machine) and the results go to ``<folder>/<record>.json``; ``recorded(record)``
     reads the shipped ones back (``data/experiments/``), so a notebook can show the longer runs
-    next to its own short ones.
+    next to its own short ones. With ``SEGCOURSE_RECORD_ONLY`` set to a comma-separated list
+    of names (``record_experiments.py --only``), only those comparisons are recorded; the
+    others run as they do in the notebook.
 
     Both datasets are generated once, before the first run, and kept in memory as tensors: the
     budget is spent on training, not on drawing scenes, and every run sees the same items. (A
@@ -214,7 +217,8 @@ def compare(
         raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
     device = get_device() if device is None else torch.device(device)
     clock = time.perf_counter
-    if os.environ.get(RECORD_ENV):  # a recording run: longer budgets, in CPU seconds
+    this_recorded = recording(record)
+    if this_recorded:  # a recording run: longer budgets, in CPU seconds
         time_budget = time_budget * _scale()
         clock = time.process_time
     train_data, val_data = _materialise(train_set), _materialise(val_set)
@@ -245,10 +249,25 @@ def compare(
         row.update({key: float(metric(pred, target)) for key, metric in metrics.items()})
         rows.append(row)
     results = Results(rows, time_budget)
-    results.scaled = bool(os.environ.get(RECORD_ENV))
-    if record:
+    results.scaled = this_recorded
+    if record and this_recorded:
         save_record(results, record, device=device)
     return results
+
+
+def recording(name: str | None = None) -> bool:
+    """Whether this is a recording run (``scripts/record_experiments.py``) that records the
+    comparison ``name``: ``SEGCOURSE_RECORD_EXPERIMENTS`` is set and, if
+    ``SEGCOURSE_RECORD_ONLY`` lists names, ``name`` is one of them. A notebook guards a
+    comparison too long to run live with it, and shows ``recorded(name)`` instead.
+
+    >>> recording("06_deeplab.context128")  # in a notebook or a test: not recording
+    False
+    """
+    if not os.environ.get(RECORD_ENV):
+        return False
+    only = [n.strip() for n in os.environ.get(ONLY_ENV, "").split(",") if n.strip()]
+    return not only or name in only
 
 
 def _scale() -> float:
@@ -260,7 +279,7 @@ def save_record(results: Results, name: str, device=None) -> Path | None:
     ``<folder>/<name>.json`` with what they ran on, and return the path; otherwise do nothing
     and return None. For results put together from several ``compare`` calls."""
     folder = os.environ.get(RECORD_ENV)
-    if not folder:
+    if not folder or not recording(name):
         return None
     budget = results.time_budget
     if budget is not None and not getattr(results, "scaled", False):

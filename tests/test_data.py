@@ -425,10 +425,9 @@ def test_scenes_context_pair_is_labelled_by_the_scene_kind(scenes):
 
 
 
-def test_scenes_context_is_far_from_the_pair(monkeypatch):
-    """The evidence for street or sky (the landmark band) is usually far from the car or plane:
-    a small receptive field centred on the object sees only ground that both kinds share. (The
-    band is caught as it is drawn: the dataset does not expose it.)"""
+def _pair_landmark_distances(dataset, monkeypatch) -> np.ndarray:
+    """Chessboard distance from every car or plane pixel of ``dataset`` to its scene's landmark
+    band (caught as it is drawn: the dataset does not expose it)."""
     bands = []
     draw_band = segcourse.data._landmark
 
@@ -438,7 +437,6 @@ def test_scenes_context_is_far_from_the_pair(monkeypatch):
         return band
 
     monkeypatch.setattr(segcourse.data, "_landmark", spy)
-    dataset = segcourse.data.ScenesDataset(60, seed=5)
     distances = []
     for index in range(len(dataset)):
         bands.clear()
@@ -446,9 +444,24 @@ def test_scenes_context_is_far_from_the_pair(monkeypatch):
         pair = (mask == 1) | (mask == 2)
         distance = ndimage.distance_transform_cdt(~bands[0], metric="chessboard")
         distances.append(distance[pair])
-    distances = np.concatenate(distances)
+    return np.concatenate(distances)
+
+
+def test_scenes_context_is_far_from_the_pair(monkeypatch):
+    """The evidence for street or sky (the landmark band) is usually far from the car or plane:
+    a small receptive field centred on the object sees only ground that both kinds share."""
+    distances = _pair_landmark_distances(segcourse.data.ScenesDataset(60, seed=5), monkeypatch)
     assert np.median(distances) >= 20, "the landmark should be tens of pixels from most pair pixels"
     assert np.mean(distances < 8) <= 0.3, "few pair pixels should see the landmark within 8 px"
+
+
+def test_at_128_px_the_landmark_can_lie_beyond_a_107_px_receptive_field(monkeypatch):
+    """Notebook 06's claim: DeepLabV3Plus's layer3 sees 107 x 107 pixels (53 on each side).
+    On 64-px scenes every car or plane pixel has its landmark within 53 px; on 128-px scenes
+    a good share (20 % over 200 scenes when measured) do not, so global context can help."""
+    far = _pair_landmark_distances(segcourse.data.ScenesDataset(100, seed=0), monkeypatch) > 53
+    near = _pair_landmark_distances(segcourse.data.ScenesDataset(100, size=64, seed=0), monkeypatch) > 53
+    assert far.mean() >= 0.1 and not near.any()
 
 def _instance_features(scenes, label) -> np.ndarray:
     """Per instance of ``label``: mean R, G, B, area, std of the brightness inside."""

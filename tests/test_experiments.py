@@ -2,6 +2,7 @@
 
 import doctest
 import math
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -135,3 +136,46 @@ def test_without_the_variable_nothing_is_recorded(tmp_path, monkeypatch):
     results = compare({"tiny": tiny}, ScenesDataset(8, size=32), ScenesDataset(4, size=32, seed=1),
                       num_classes=7, time_budget=0.1, seeds=(0,), progress=False, record="x")
     assert results.time_budget == 0.1 and not list(tmp_path.iterdir())
+
+
+def test_only_the_named_comparisons_are_recorded(tmp_path, monkeypatch):
+    """SEGCOURSE_RECORD_ONLY (record_experiments.py --only): a comparison not named runs with
+    the notebook's budget and writes nothing; a named one is scaled and written."""
+    monkeypatch.setenv(segcourse.experiments.RECORD_ENV, str(tmp_path))
+    monkeypatch.setenv(segcourse.experiments.SCALE_ENV, "3")
+    monkeypatch.setenv(segcourse.experiments.ONLY_ENV, "wanted, also")
+    train, val = ScenesDataset(8, size=32), ScenesDataset(4, size=32, seed=1)
+    other = compare({"tiny": tiny}, train, val, num_classes=7, time_budget=0.1, seeds=(0,),
+                    progress=False, record="other")
+    assert other.time_budget == 0.1 and not list(tmp_path.iterdir())
+    assert segcourse.experiments.save_record(other, "other") is None
+    wanted = compare({"tiny": tiny}, train, val, num_classes=7, time_budget=0.1, seeds=(0,),
+                     progress=False, record="wanted")
+    assert wanted.time_budget == pytest.approx(0.3)
+    assert [p.name for p in tmp_path.iterdir()] == ["wanted.json"]
+    assert segcourse.experiments.recording("also") and not segcourse.experiments.recording("other")
+    monkeypatch.delenv(segcourse.experiments.ONLY_ENV)
+    assert segcourse.experiments.recording("other")  # no list: every comparison is recorded
+    monkeypatch.delenv(segcourse.experiments.RECORD_ENV)
+    assert not segcourse.experiments.recording("wanted")
+
+
+def test_record_script_stops_after_the_last_cell_that_records(tmp_path):
+    """scripts/record_experiments.py runs a notebook up to its last recording cell, or, with
+    --only, up to the last cell that names one of the comparisons."""
+    import importlib.util
+
+    import nbformat
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "record_experiments.py"
+    spec = importlib.util.spec_from_file_location("record_experiments", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cells = ["x = 1", 'compare(b, t, v, record="a")', 'if recording("b"):\n    compare(record="b")',
+             "y = 2", 'save_record(r, "c")', "z = 3"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    assert len(script.up_to_last_record(nbformat.from_dict(notebook)).cells) == 5
+    assert len(script.up_to_last_record(nbformat.from_dict(notebook), ["b"]).cells) == 3
+    assert len(script.up_to_last_record(nbformat.from_dict(notebook), ["a"]).cells) == 2
+    with pytest.raises(SystemExit, match="no cell records d"):
+        script.up_to_last_record(nbformat.from_dict(notebook), ["d"])
