@@ -10,9 +10,10 @@ seconds per run, so that the notebook stays within its 3-minute budget. This scr
 same notebook, with the same code, in a Jupyter kernel up to its last recorded comparison, with
 ``SEGCOURSE_RECORD_EXPERIMENTS`` set: every recorded comparison then trains ``--scale`` times
 longer, counts its budget in CPU seconds of the kernel (fair when other work shares the
-machine) and writes ``data/experiments/NAME.json`` (with ``--only``, only the named ones are
-recorded; the other comparisons run with the notebook's own budgets), which the notebook shows next to its own
-short runs (``segcourse.experiments.recorded``). Run it on a GPU to record GPU runs: the
+machine) and writes ``data/experiments/NAME.json``, which the notebook shows next to its own
+short runs (``segcourse.experiments.recorded``). With ``--only``, only the named comparisons are
+recorded (the others run with the notebook's own budgets), and the notebook runs up to the last
+cell that names one of them. Run it on a GPU to record GPU runs: the
 records say which device, how many threads and which torch ran them.
 """
 
