@@ -250,8 +250,8 @@ def compare(
         rows.append(row)
     results = Results(rows, time_budget)
     results.scaled = this_recorded
-    if record and this_recorded:
-        save_record(results, record, device=device)
+    if record:
+        save_record(results, record, device=device)  # writes only in a recording run that records it
     return results
 
 
@@ -275,12 +275,12 @@ def _scale() -> float:
 
 
 def save_record(results: Results, name: str, device=None) -> Path | None:
-    """In a recording run (``SEGCOURSE_RECORD_EXPERIMENTS`` set), write ``results`` to
+    """In a recording run that records ``name`` (``recording(name)``), write ``results`` to
     ``<folder>/<name>.json`` with what they ran on, and return the path; otherwise do nothing
     and return None. For results put together from several ``compare`` calls."""
-    folder = os.environ.get(RECORD_ENV)
-    if not folder or not recording(name):
+    if not recording(name):
         return None
+    folder = os.environ[RECORD_ENV]  # set: recording() checked it
     budget = results.time_budget
     if budget is not None and not getattr(results, "scaled", False):
         budget = budget * _scale()  # a budget the notebook wrote, before scaling

@@ -128,7 +128,6 @@ def _expr(node, scope: _Scope) -> None:
         _children(node, scope)
 
 
-
 def _children(node, scope: _Scope) -> None:
     """Visit a node's children: statements as statements, everything else as expressions."""
     for child in ast.iter_child_nodes(node):
@@ -136,6 +135,7 @@ def _children(node, scope: _Scope) -> None:
             _stmt(child, scope)
         else:
             _expr(child, scope)
+
 
 def _stmts(statements, scope: _Scope) -> None:
     for statement in statements:
